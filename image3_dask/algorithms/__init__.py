@@ -1,0 +1,1 @@
+"""Array-level algorithms: pure functions on numpy arrays and WCS objects, no Dask and no files."""

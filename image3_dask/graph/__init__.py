@@ -1,0 +1,1 @@
+"""Builders of the Dask task graph of each step."""

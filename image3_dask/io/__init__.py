@@ -1,0 +1,1 @@
+"""File input/output: associations, JWST exposures, Zarr mosaic stores and FITS products."""

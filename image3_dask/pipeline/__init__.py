@@ -1,0 +1,1 @@
+"""Pipeline layer: step parameters, step order, products."""

@@ -1,0 +1,1 @@
+"""Synthetic JWST-like level-2b imaging exposures with known truth."""
