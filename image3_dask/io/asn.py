@@ -140,12 +140,18 @@ def load_association(path: str | os.PathLike) -> Association:
         raise InputError(f"{path}: association has no 'products' list")
     asn_type = raw.get("asn_type")
     if asn_type not in ("image3", None):
-        raise InputError(f"{path}: asn_type is {asn_type!r}; image3-dask processes 'image3' associations")
+        raise InputError(
+            f"{path}: asn_type is {asn_type!r}; image3-dask processes 'image3' associations"
+        )
     product = raw["products"][0]
     if not isinstance(product, dict) or not isinstance(product.get("members"), list):
         raise InputError(f"{path}: products[0] has no 'members' list")
     if len(raw["products"]) > 1:
-        log.warning("%s: %d products in association; only the first is processed", path, len(raw["products"]))
+        log.warning(
+            "%s: %d products in association; only the first is processed",
+            path,
+            len(raw["products"]),
+        )
     base = path.resolve().parent
     members = []
     for i, m in enumerate(product["members"]):

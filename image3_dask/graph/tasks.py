@@ -1,0 +1,118 @@
+"""Submitting named tasks and waiting for them with a progress line per step.
+
+Task keys are tuples ``(step-action, name, token)``: Dask's dashboard groups tasks by the first
+element (``resample-tile``, ``outlier-blot``, ...) and shows the name of the tile or exposure;
+the token keeps the keys of two runs apart.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from image3_dask.errors import Image3Error
+
+__all__ = ["TaskSpec", "StepFailed", "run_tasks"]
+
+
+class StepFailed(Image3Error):
+    """A task of a step raised; the message names the step, the task and the cause."""
+
+
+@dataclass
+class TaskSpec:
+    """One task: what to call, on what, and under which name."""
+
+    action: str
+    name: str
+    func: Callable
+    args: tuple = ()
+    kwargs: dict | None = None
+
+
+def _bar(label: str, done: int, total: int, t0: float, stream) -> None:
+    width = 30
+    frac = done / total if total else 1.0
+    fill = int(round(width * frac))
+    msg = f"\r[{label:<28}] |{'#' * fill}{'.' * (width - fill)}| {done}/{total} {time.perf_counter() - t0:6.1f}s"
+    stream.write(msg)
+    stream.flush()
+
+
+def run_tasks(
+    client,
+    tasks: Sequence[TaskSpec],
+    token: str,
+    label: str | None = None,
+    progress: bool = True,
+    stream=None,
+    retries: int = 1,
+) -> list[Any]:
+    """Submit tasks to the cluster, show progress, and return their results in order.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        Where the tasks run.
+    tasks : sequence of TaskSpec
+        The tasks; arguments should be small (paths, metadata, WCS objects).
+    token : str
+        Run token, the last element of every key.
+    label : str, optional
+        Text of the progress line (default: the first task's action).
+    progress : bool
+        Draw a progress line on ``stream`` (standard error by default).
+    retries : int
+        Times a task is retried when its worker dies (tasks are idempotent).
+
+    Raises
+    ------
+    StepFailed
+        When a task raises; the other tasks of the call are cancelled.
+    """
+    from distributed import as_completed
+
+    if not tasks:
+        return []
+    stream = stream or sys.stderr
+    label = label or tasks[0].action
+    futures = []
+    for t in tasks:
+        key = (t.action, t.name, token)
+        futures.append(
+            client.submit(t.func, *t.args, key=key, pure=False, retries=retries, **(t.kwargs or {}))
+        )
+    index = {f.key: i for i, f in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    t0 = time.perf_counter()
+    done = 0
+    show = progress and stream is not None
+    if show:
+        _bar(label, 0, len(futures), t0, stream)
+    try:
+        for fut in as_completed(futures):
+            i = index[fut.key]
+            if fut.status == "error":
+                exc = fut.exception()
+                spec = tasks[i]
+                if isinstance(exc, Image3Error):
+                    raise StepFailed(f"{spec.action} {spec.name}: {exc}") from None
+                raise StepFailed(
+                    f"{spec.action} {spec.name} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            results[i] = fut.result()
+            done += 1
+            if show:
+                _bar(label, done, len(futures), t0, stream)
+    except BaseException:
+        client.cancel(futures)
+        if show:
+            stream.write("\n")
+        raise
+    if show:
+        stream.write("\n")
+        stream.flush()
+    return results

@@ -1,0 +1,341 @@
+"""Level-2b calibrated imaging exposures (``*_cal.fits``): metadata for planning, pixels for workers.
+
+The client reads only metadata and the gwcs of each exposure (:func:`read_exposure_info`) to plan
+the run. Workers read the pixel arrays they need themselves, from the file path, with
+:func:`read_pixels` (memory-mapped FITS, optionally a region only): pixels never travel through
+the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from image3_dask.errors import InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ExposureInfo",
+    "ExposurePixels",
+    "PIXEL_EXTENSIONS",
+    "group_id_from_observation",
+    "read_exposure_info",
+    "read_exposures",
+    "read_pixels",
+]
+
+#: FITS extensions of a cal file that the pipeline reads, by datamodel attribute.
+PIXEL_EXTENSIONS = {
+    "data": "SCI",
+    "err": "ERR",
+    "dq": "DQ",
+    "var_poisson": "VAR_POISSON",
+    "var_rnoise": "VAR_RNOISE",
+    "var_flat": "VAR_FLAT",
+}
+
+_SURFACE_BRIGHTNESS_UNITS = {
+    "mjy/sr",
+    "mjy sr-1",
+    "mjy / sr",
+    "mjy.sr-1",
+    "mjy sr**-1",
+    "mjy/steradian",
+}
+_GROUP_KEYS = (
+    "program_number",
+    "observation_number",
+    "visit_number",
+    "visit_group",
+    "sequence_id",
+    "activity_id",
+    "exposure_number",
+)
+
+
+def group_id_from_observation(obs: dict[str, Any]) -> str:
+    """Exposure group id from ``meta.observation``, the rule of jwst's ``attrs_to_group_id``.
+
+    Exposures taken at the same time by different detectors share the group id.
+    """
+    missing = [k for k in _GROUP_KEYS if obs.get(k) is None]
+    if missing:
+        raise KeyError(", ".join(missing))
+    o = obs
+    return (
+        f"jw{o['program_number']}{o['observation_number']}{o['visit_number']}"
+        f"_{o['visit_group']}{o['sequence_id']}{o['activity_id']}_{o['exposure_number']}"
+    )
+
+
+@dataclass
+class ExposureInfo:
+    """What the planner and the tasks need to know of one exposure; small and picklable.
+
+    Attributes
+    ----------
+    index : int
+        Position in the association (also the exposure's context id in the CON planes).
+    path : Path
+        The file workers read pixels from (the input cal file, or a product that replaced it,
+        such as the ``_crf`` file written by outlier detection).
+    name : str
+        Root of the file name without the ``_cal`` suffix (``jw..._mirimage``).
+    shape : tuple of int
+        ``(ny, nx)`` of the SCI array.
+    group_id : str
+        Exposure group (exposures taken at the same time by different detectors).
+    wcs : gwcs.WCS
+        The exposure's WCS, corrected by tweakreg when it has run.
+    wcsinfo : dict
+        ``meta.wcsinfo`` (v2_ref, v3_ref, roll_ref, ra_ref, dec_ref, v3yangle, vparity, ...).
+    meta : dict
+        The rest of the metadata the steps use (instrument, filter, exposure times, photometry).
+    background_level : float or None
+        Sky level found by skymatch (``meta.background.level``), in the SCI units.
+    background_subtracted : bool
+        Whether the level has already been subtracted from the SCI array.
+    """
+
+    index: int
+    path: Path
+    name: str
+    shape: tuple[int, int]
+    group_id: str
+    wcs: Any
+    wcsinfo: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    background_level: float | None = None
+    background_subtracted: bool = False
+    source_path: Path | None = None
+
+    def evolve(self, **changes: Any) -> ExposureInfo:
+        """A copy with some attributes changed (exposure infos are treated as immutable)."""
+        return replace(self, **changes)
+
+    @property
+    def exptime(self) -> float:
+        """Exposure time in seconds (``meta.exposure.exposure_time``)."""
+        return float(self.meta.get("exposure_time") or 0.0)
+
+
+@dataclass
+class ExposurePixels:
+    """Pixel arrays of one exposure (or one region of it), as float32/uint32 numpy arrays."""
+
+    data: np.ndarray
+    dq: np.ndarray
+    err: np.ndarray | None = None
+    var_poisson: np.ndarray | None = None
+    var_rnoise: np.ndarray | None = None
+    var_flat: np.ndarray | None = None
+
+
+def _exposure_name(path: Path) -> str:
+    stem = path.name
+    for ext in (".fits.gz", ".fits", ".fit"):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    parts = stem.rsplit("_", 1)
+    return (
+        parts[0]
+        if len(parts) == 2 and parts[1] in ("cal", "crf", "rate", "tweakreg", "skymatch")
+        else stem
+    )
+
+
+def read_exposure_info(path: str | os.PathLike, index: int = 0) -> ExposureInfo:
+    """Read the metadata and gwcs of one calibrated imaging exposure, validating it.
+
+    Parameters
+    ----------
+    path : path-like
+        A level-2b ``*_cal.fits`` file (an ImageModel).
+    index : int
+        The exposure's position in the association.
+
+    Raises
+    ------
+    InputError
+        When the file is missing, cannot be opened as a JWST datamodel, is not an imaging
+        ImageModel, has no gwcs, or its SCI units are not surface brightness.
+    """
+    from stdatamodels.jwst import datamodels
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = datamodels.open(path)
+    except Exception as exc:  # stdatamodels raises many types for unreadable files
+        raise InputError(
+            f"{path}: cannot be opened as a JWST datamodel ({type(exc).__name__}: {exc})"
+        ) from None
+    try:
+        if not isinstance(model, datamodels.ImageModel):
+            raise InputError(
+                f"{path}: is a {type(model).__name__}, not an imaging ImageModel (a *_cal.fits)"
+            )
+        meta = model.meta
+        exp_type = str(meta.exposure.type or "")
+        if exp_type and not exp_type.endswith("_IMAGE"):
+            raise InputError(f"{path}: exposure type {exp_type} is not an imaging mode")
+        wcs = meta.wcs
+        if wcs is None:
+            raise InputError(
+                f"{path}: has no gwcs (meta.wcs); run assign_wcs (calwebb_image2) first"
+            )
+        bunit = str(meta.bunit_data or "").strip()
+        if bunit.lower() not in _SURFACE_BRIGHTNESS_UNITS:
+            raise InputError(
+                f"{path}: SCI units are {bunit or 'not set'}; calibrated exposures in surface "
+                "brightness (MJy/sr) are expected (run photom in calwebb_image2)"
+            )
+        with fits.open(path, memmap=True) as hdul:
+            if "SCI" not in hdul:
+                raise InputError(f"{path}: has no SCI extension")
+            hdr = hdul["SCI"].header
+            shape = (int(hdr.get("NAXIS2", 0)), int(hdr.get("NAXIS1", 0)))
+            present = {ext for ext in PIXEL_EXTENSIONS.values() if ext in hdul}
+        if shape[0] < 2 or shape[1] < 2:
+            raise InputError(f"{path}: SCI array has shape {shape}, not a 2-D image")
+        for ext in ("DQ", "ERR"):
+            if ext not in present:
+                raise InputError(f"{path}: has no {ext} extension")
+        obs = meta.observation.instance if meta.hasattr("observation") else {}
+        group_id = getattr(meta, "group_id", None)
+        if not group_id:
+            try:
+                group_id = group_id_from_observation(dict(obs))
+            except KeyError as exc:
+                log.warning(
+                    "%s: meta.observation lacks %s; the exposure forms its own group", path, exc
+                )
+                group_id = f"{_exposure_name(path)}"
+        wcsinfo = dict(meta.wcsinfo.instance) if meta.hasattr("wcsinfo") else {}
+        bkg = meta.background.instance if meta.hasattr("background") else {}
+        info_meta = {
+            "instrument": meta.instrument.name,
+            "detector": meta.instrument.detector,
+            "filter": meta.instrument.filter,
+            "pupil": getattr(meta.instrument, "pupil", None),
+            "exp_type": exp_type,
+            "exposure_time": meta.exposure.exposure_time,
+            "effective_exposure_time": getattr(meta.exposure, "effective_exposure_time", None),
+            "measurement_time": getattr(meta.exposure, "measurement_time", None),
+            "duration": getattr(meta.exposure, "duration", None),
+            "start_time": meta.exposure.start_time,
+            "mid_time": getattr(meta.exposure, "mid_time", None),
+            "end_time": meta.exposure.end_time,
+            "pixelarea_steradians": meta.photometry.pixelarea_steradians,
+            "pixelarea_arcsecsq": meta.photometry.pixelarea_arcsecsq,
+            "bunit_data": bunit,
+            "bunit_err": meta.bunit_err,
+            "s_region": wcsinfo.get("s_region"),
+            "has_var": sorted(k for k, v in PIXEL_EXTENSIONS.items() if v in present),
+        }
+        return ExposureInfo(
+            index=index,
+            path=path.resolve(),
+            source_path=path.resolve(),
+            name=_exposure_name(path),
+            shape=shape,
+            group_id=str(group_id),
+            wcs=wcs,
+            wcsinfo=wcsinfo,
+            meta=info_meta,
+            background_level=bkg.get("level"),
+            background_subtracted=bool(bkg.get("subtracted", False)),
+        )
+    finally:
+        model.close()
+
+
+def read_exposures(paths: list[Path]) -> list[ExposureInfo]:
+    """Read and validate every exposure of an association before any work starts.
+
+    All problems are collected and reported together, one line per file.
+
+    Raises
+    ------
+    InputError
+        When any exposure is unusable, or the exposures do not share instrument and filter.
+    """
+    infos: list[ExposureInfo] = []
+    problems: list[str] = []
+    seen: dict[Path, int] = {}
+    for i, p in enumerate(paths):
+        rp = Path(p).resolve()
+        if rp in seen:
+            problems.append(f"{p}: listed twice in the association (members {seen[rp]} and {i})")
+            continue
+        seen[rp] = i
+        try:
+            infos.append(read_exposure_info(p, index=len(infos)))
+        except InputError as exc:
+            problems.append(str(exc))
+    if not problems and infos:
+        ref = infos[0]
+        for info in infos[1:]:
+            for key in ("instrument", "filter", "pupil"):
+                if info.meta.get(key) != ref.meta.get(key):
+                    problems.append(
+                        f"{info.path}: {key} is {info.meta.get(key)} but {ref.path.name} has "
+                        f"{ref.meta.get(key)}; all members of an image3 association must share "
+                        "instrument and filter"
+                    )
+    if problems:
+        raise InputError("invalid input:\n  " + "\n  ".join(problems))
+    return infos
+
+
+def read_pixels(
+    path: str | os.PathLike,
+    arrays: tuple[str, ...] = ("data", "dq", "err", "var_poisson", "var_rnoise", "var_flat"),
+    region: tuple[slice, slice] | None = None,
+) -> ExposurePixels:
+    """Read pixel arrays of an exposure, optionally only a region, as native-endian arrays.
+
+    Parameters
+    ----------
+    path : path-like
+        The exposure file.
+    arrays : tuple of str
+        Datamodel attribute names to read (``data`` is always read); missing variance
+        extensions are returned as ``None``.
+    region : (slice, slice), optional
+        ``(y, x)`` slices; the whole array when omitted.
+    """
+    region = region or (slice(None), slice(None))
+    out: dict[str, np.ndarray | None] = {}
+    try:
+        with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
+            for name in ("data", *[a for a in arrays if a != "data"]):
+                ext = PIXEL_EXTENSIONS[name]
+                if ext not in hdul:
+                    out[name] = None
+                    continue
+                arr = (
+                    hdul[ext].section[region]
+                    if hasattr(hdul[ext], "section")
+                    else hdul[ext].data[region]
+                )
+                arr = np.asarray(arr)
+                dtype = np.uint32 if name == "dq" else np.float32
+                out[name] = arr.astype(dtype, copy=True)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read pixel arrays ({exc})") from None
+    if out.get("dq") is None:
+        out["dq"] = np.zeros(out["data"].shape, np.uint32)
+    return ExposurePixels(**out)

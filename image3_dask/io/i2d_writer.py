@@ -1,0 +1,147 @@
+"""Stream a mosaic from its Zarr store into an ``*_i2d.fits`` ImageModel file.
+
+stdatamodels writes a FITS file from arrays held in memory. A mosaic may not fit in one process,
+so the file is assembled here: the headers and the ASDF metadata extension come from
+stdatamodels (a model with the same metadata and 1x1 arrays is saved first), then every image
+extension is streamed from the store one strip of tiles at a time with the full-size header.
+
+The ASDF tree of the final file carries the metadata but no references to the image arrays, and
+no ``_fits_hash``: stdatamodels then reads the arrays from the SCI, ERR, ... extensions named in
+the ImageModel schema, as it does for any FITS file. The file is written under a temporary name
+and renamed only once complete, so a file under the final name is always whole.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import asdf
+import numpy as np
+from astropy.io import fits
+
+from image3_dask.io.mosaic_store import MosaicStore
+
+__all__ = ["write_i2d", "I2D_ARRAYS"]
+
+#: Datamodel attribute -> (store plane, FITS dtype).
+I2D_ARRAYS = {
+    "data": ("sci", ">f4"),
+    "err": ("err", ">f4"),
+    "con": ("con", ">i4"),
+    "wht": ("wht", ">f4"),
+    "var_poisson": ("var_poisson", ">f4"),
+    "var_rnoise": ("var_rnoise", ">f4"),
+    "var_flat": ("var_flat", ">f4"),
+}
+
+
+def _template_headers(model, arrays: list[str], workdir: Path):
+    """Save ``model`` with 1x1 arrays and return its HDU headers and ASDF tree."""
+    for attr in arrays:
+        shape = (1, 1, 1) if attr == "con" else (1, 1)
+        dtype = np.int32 if attr == "con" else np.float32
+        setattr(model, attr, np.zeros(shape, dtype))
+    fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".template_", suffix=".fits")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.save(tmp, overwrite=True)
+        with fits.open(tmp) as hdul:
+            headers = [(hdu.name, hdu.header.copy()) for hdu in hdul if hdu.name != "ASDF"]
+            raw = hdul["ASDF"].data["ASDF_METADATA"][0].tobytes()
+    finally:
+        os.unlink(tmp)
+    with asdf.open(io.BytesIO(raw), _force_raw_types=True, lazy_load=False) as af:
+        tree = {k: v for k, v in af.tree.items() if k not in arrays and k != "_fits_hash"}
+        buf = io.BytesIO()
+        asdf.AsdfFile(tree).write_to(buf)
+    return headers, buf.getvalue()
+
+
+def write_i2d(
+    store: MosaicStore,
+    model,
+    out_path: str | os.PathLike,
+    arrays: list[str] | None = None,
+    rows_per_strip: int | None = None,
+) -> Path:
+    """Write ``<product>_i2d.fits`` from the planes of a mosaic store.
+
+    Parameters
+    ----------
+    store : MosaicStore
+        Store holding the finished planes.
+    model : stdatamodels.jwst.datamodels.ImageModel
+        Model holding the metadata of the product (its arrays are ignored and replaced).
+    out_path : path-like
+        Final file name.
+    arrays : list of str, optional
+        Datamodel attributes to write (default: those of :data:`I2D_ARRAYS` present in the store).
+    rows_per_strip : int, optional
+        Rows read from the store at a time (default: the store's tile height).
+
+    Returns
+    -------
+    Path
+        ``out_path``, written atomically.
+    """
+    out_path = Path(out_path)
+    if arrays is None:
+        arrays = [a for a, (plane, _) in I2D_ARRAYS.items() if store.has(plane)]
+    headers, asdf_bytes = _template_headers(model, arrays, out_path.parent)
+    by_attr = {}
+    schema_ext = {
+        "data": "SCI",
+        "err": "ERR",
+        "con": "CON",
+        "wht": "WHT",
+        "var_poisson": "VAR_POISSON",
+        "var_rnoise": "VAR_RNOISE",
+        "var_flat": "VAR_FLAT",
+    }
+    for attr in arrays:
+        by_attr[schema_ext[attr]] = attr
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".partial")
+    os.close(fd)
+    try:
+        fits.PrimaryHDU(header=headers[0][1]).writeto(tmp, overwrite=True)
+        for name, header in headers[1:]:
+            attr = by_attr.get(name)
+            if attr is None:
+                continue
+            plane, dtype = I2D_ARRAYS[attr]
+            shape = store.shape(plane)
+            header = header.copy()
+            header["NAXIS"] = len(shape)
+            for i, n in enumerate(shape[::-1]):
+                header[f"NAXIS{i + 1}"] = n
+            for i in range(len(shape) + 1, 4):
+                header.remove(f"NAXIS{i}", ignore_missing=True)
+            header["BITPIX"] = -32 if dtype == ">f4" else 32
+            ny = shape[-2]
+            step = rows_per_strip or store.read_chunks(plane)[-2]
+            stream = fits.StreamingHDU(tmp, header)
+            if len(shape) == 3:
+                for k in range(shape[0]):
+                    for y0 in range(0, ny, step):
+                        strip = store.read(plane, slice(y0, min(ny, y0 + step)))[k]
+                        stream.write(np.ascontiguousarray(strip, dtype=dtype))
+            else:
+                for y0 in range(0, ny, step):
+                    strip = store.read(plane, slice(y0, min(ny, y0 + step)))
+                    stream.write(np.ascontiguousarray(strip, dtype=dtype))
+            stream.close()
+        data = np.frombuffer(asdf_bytes, np.uint8)[None, :]
+        col = fits.Column(array=data, format=f"{data.shape[1]}B", name="ASDF_METADATA")
+        with fits.open(tmp, mode="append") as hdul:
+            hdul.append(fits.BinTableHDU.from_columns([col], name="ASDF"))
+        os.replace(tmp, out_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out_path

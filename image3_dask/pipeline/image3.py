@@ -1,0 +1,207 @@
+"""The level-3 imaging pipeline: tweakreg, skymatch, outlier_detection, resample, source_catalog."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from image3_dask.errors import ConfigError, Image3Error, StepNotAvailableError
+from image3_dask.io.asn import resolve_inputs
+from image3_dask.io.exposures import read_exposures
+from image3_dask.pipeline.cluster import connect
+from image3_dask.pipeline.config import PipelineConfig
+from image3_dask.pipeline.context import RunContext
+from image3_dask.pipeline.step_specs import STEP_ORDER
+
+log = logging.getLogger("image3_dask")
+
+__all__ = ["Image3Pipeline", "OutputLockedError", "STEP_MODULES", "step_available"]
+
+#: Module implementing each step as ``run(ctx, exposures) -> exposures``.
+STEP_MODULES = {
+    "tweakreg": "image3_dask.graph.tweakreg",
+    "skymatch": "image3_dask.graph.skymatch",
+    "outlier_detection": "image3_dask.graph.outlier",
+    "resample": "image3_dask.graph.resample",
+    "source_catalog": "image3_dask.graph.catalog",
+}
+
+
+class OutputLockedError(Image3Error):
+    """Another run is writing the same product in the same output folder."""
+
+
+def step_available(step: str) -> bool:
+    """Whether this installation implements ``step``."""
+    try:
+        importlib.import_module(STEP_MODULES[step])
+    except ModuleNotFoundError as exc:
+        if exc.name == STEP_MODULES[step]:
+            return False
+        raise
+    return True
+
+
+def _step_runner(step: str):
+    if not step_available(step):
+        raise StepNotAvailableError(
+            f"step {step} is not available in this version of image3-dask; "
+            f"skip it with --steps.{step}.skip=true"
+        )
+    return importlib.import_module(STEP_MODULES[step]).run
+
+
+class _OutputLock:
+    """A lock file per product in the output folder, so that two runs never write the same one."""
+
+    def __init__(self, output_dir: Path, product: str):
+        self.path = output_dir / f".{product}.image3-dask.lock"
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self.path.read_text().strip() if self.path.exists() else ""
+                host, _, pid = holder.partition(" ")
+                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                    self.path.unlink(missing_ok=True)  # stale lock of a dead run on this host
+                    continue
+                raise OutputLockedError(
+                    f"{self.path.parent}: another run ({holder or 'unknown'}) is writing product "
+                    f"{self.path.name[1:].split('.image3-dask')[0]} here; wait for it to finish or "
+                    f"use another --output-dir (remove {self.path} if that run is dead)"
+                ) from None
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me)
+            return self
+        raise OutputLockedError(f"cannot lock {self.path}")
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Image3Pipeline:
+    """calwebb_image3 on a Dask cluster.
+
+    Parameters
+    ----------
+    config : PipelineConfig, optional
+        Step parameters (defaults of jwst 3.0 when omitted).
+    """
+
+    def __init__(self, config: PipelineConfig | None = None):
+        self.config = config or PipelineConfig()
+
+    @classmethod
+    def call(
+        cls,
+        inputs: str | os.PathLike | list,
+        output_dir: str | os.PathLike = ".",
+        steps: dict[str, dict[str, Any]] | None = None,
+        config_file: str | os.PathLike | None = None,
+        **run_kwargs: Any,
+    ) -> dict[str, Any]:
+        """Run the pipeline on an association (or files) and return the products.
+
+        Parameters
+        ----------
+        inputs : path-like or list
+            Association JSON, exposure files, or glob patterns.
+        output_dir : path-like
+            Folder for the products.
+        steps : dict, optional
+            ``{step: {parameter: value}}`` overrides.
+        config_file : path-like, optional
+            TOML configuration (as written by ``image3-dask config``); ``steps`` override it.
+        **run_kwargs
+            Passed to :meth:`run` (``scheduler``, ``n_workers``, ``memory_limit``, ``client``...).
+        """
+        config = PipelineConfig.from_toml(config_file) if config_file else PipelineConfig()
+        if steps:
+            config.update(steps)
+        return cls(config).run(inputs, output_dir=output_dir, **run_kwargs)
+
+    def run(
+        self,
+        inputs: str | os.PathLike | list,
+        output_dir: str | os.PathLike = ".",
+        *,
+        product_name: str | None = None,
+        scheduler: str | None = None,
+        n_workers: int | None = None,
+        memory_limit: str | int | None = "auto",
+        dashboard_address: str = "127.0.0.1:8787",
+        security=None,
+        client=None,
+        progress: bool = True,
+        keep_work: bool = False,
+    ) -> dict[str, Any]:
+        """Validate the inputs, then run the steps in order on the cluster.
+
+        Returns
+        -------
+        dict
+            Product kind (``i2d``, ``cat``, ``segm``, ``crf``, ...) -> path(s), plus ``timings``.
+        """
+        asn = resolve_inputs(inputs, product_name)
+        for step in STEP_ORDER:
+            if not self.config[step].skip:
+                _step_runner(step)  # fail before any work when a step is unavailable
+        exposures = read_exposures(asn.members)  # validates everything; nothing written yet
+        output_dir = Path(output_dir).resolve()
+        for info in exposures:
+            if info.path.parent == output_dir and info.path.name.startswith(asn.product_name + "_"):
+                raise ConfigError(f"{info.path}: an input would be overwritten by a product")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        timings: dict[str, float] = {}
+        with _OutputLock(output_dir, asn.product_name):
+            work_dir = output_dir / f"{asn.product_name}_work"
+            with connect(
+                scheduler, n_workers, memory_limit, dashboard_address, security, client=client
+            ) as c:
+                link = getattr(c, "dashboard_link", None)
+                if link and progress:
+                    log.info("Dask dashboard: %s", link)
+                ctx = RunContext(
+                    client=c,
+                    config=self.config,
+                    asn=asn,
+                    output_dir=output_dir,
+                    work_dir=work_dir,
+                    progress=progress,
+                )
+                ctx.products["dashboard"] = link
+                for step in STEP_ORDER:
+                    if self.config[step].skip:
+                        log.info("Step %s skipped", step)
+                        continue
+                    t0 = time.perf_counter()
+                    log.info("Step %s running on %d exposures", step, len(exposures))
+                    exposures = _step_runner(step)(ctx, exposures)
+                    timings[step] = time.perf_counter() - t0
+                    log.info("Step %s done in %.1f s", step, timings[step])
+            if not keep_work and work_dir.exists():
+                shutil.rmtree(work_dir, ignore_errors=True)
+        ctx.products["timings"] = timings
+        ctx.products["exposures"] = exposures
+        return ctx.products
+
