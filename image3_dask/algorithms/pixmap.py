@@ -1,0 +1,223 @@
+"""Pixel maps: where every input pixel lands on the output grid.
+
+The pixel map of an exposure is computed ONCE and then cut into the small pieces each output
+tile needs (:func:`pixmap_for_region`), for the single drizzle, the blot and the final drizzle
+(the official pipeline recomputes it in each of them). The values are exactly those of
+:func:`stcal.resample.utils.calc_pixmap` (``disable_bbox="to"``), including its sparse-grid
+spline interpolation when ``stepsize > 1``, but the WCS objects are never modified (stcal
+temporarily removes their bounding boxes, which is unsafe when threads share a WCS).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "exposure_pixmap",
+    "input_range",
+    "local_range",
+    "pixmap_for_region",
+]
+
+
+def _bbox_f(wcs) -> tuple | None:
+    bb = getattr(wcs, "bounding_box", None)
+    if bb is None:
+        return None
+    try:
+        return bb.bounding_box(order="F")
+    except AttributeError:
+        return tuple(bb)
+
+
+def _map(in_wcs, out_wcs, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # input WCS with its bounding box (NaN outside), output WCS without it (as calc_pixmap's
+    # default disable_bbox="to")
+    world = in_wcs(x, y, with_bounding_box=True, fill_value=np.nan)
+    ox, oy = out_wcs.invert(*world, with_bounding_box=False)
+    return np.asarray(ox, dtype=float), np.asarray(oy, dtype=float)
+
+
+def exposure_pixmap(
+    in_wcs, out_wcs, in_shape: Sequence[int], stepsize: int = 1, order: int = 1
+) -> np.ndarray:
+    """Output-grid coordinates of every input pixel centre.
+
+    Parameters
+    ----------
+    in_wcs : gwcs.WCS
+        WCS of the exposure (its bounding box is honoured: NaN outside).
+    out_wcs : gwcs.WCS
+        WCS of the output grid (its bounding box is ignored).
+    in_shape : (int, int)
+        ``(ny, nx)`` of the exposure.
+    stepsize : int, optional
+        If > 1, evaluate the WCS on a sparse grid (at most ``stepsize`` pixels apart, at
+        least 10 points a side) inside the input bounding box and interpolate with a spline,
+        as stcal does; falls back to the full computation when a sparse point is not finite.
+    order : {1, 3}, optional
+        Spline order for ``stepsize > 1``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(ny, nx, 2)`` float64: ``[..., 0]`` output x, ``[..., 1]`` output y (0-based).
+    """
+    from scipy import interpolate
+
+    shape = (int(in_shape[0]), int(in_shape[1]))
+    bbox = _bbox_f(in_wcs)
+    if bbox is None:
+        xmin, xmax, ymin, ymax = 0, shape[1] - 1, 0, shape[0] - 1
+    else:
+        (bx0, bx1), (by0, by1) = bbox
+        xmin = max(0, int(math.ceil(bx0)))
+        xmax = min(shape[1] - 1, int(math.floor(bx1)))
+        ymin = max(0, int(math.ceil(by0)))
+        ymax = min(shape[0] - 1, int(math.floor(by1)))
+    eff_w = xmax - xmin + 1
+    eff_h = ymax - ymin + 1
+
+    def full() -> tuple[np.ndarray, np.ndarray]:
+        y, x = np.indices(shape, dtype=np.float64)
+        return _map(in_wcs, out_wcs, x, y)
+
+    if stepsize <= 1 or max(eff_w, eff_h) <= 10:
+        x, y = full()
+    else:
+        if order not in (1, 3):
+            raise ValueError("Interpolation order should be either 1 or 3.")
+        npts_x = max(int(math.ceil(eff_w / stepsize)), min(10, eff_w))
+        npts_y = max(int(math.ceil(eff_h / stepsize)), min(10, eff_h))
+        xc = np.linspace(xmin, xmax, npts_x)
+        yc = np.linspace(ymin, ymax, npts_y)
+        gx, gy = np.meshgrid(xc, yc)
+        cx, cy = _map(in_wcs, out_wcs, gx, gy)
+        if np.all(np.isfinite(cx)) and np.all(np.isfinite(cy)):
+            y_in, x_in = np.arange(ymin, ymax + 1), np.arange(xmin, xmax + 1)
+            fx = interpolate.RectBivariateSpline(yc, xc, cx, kx=order, ky=order)
+            fy = interpolate.RectBivariateSpline(yc, xc, cy, kx=order, ky=order)
+            xs = fx(y_in, x_in)
+            ys = fy(y_in, x_in)
+            if (xmin, ymin, xmax, ymax) == (0, 0, shape[1] - 1, shape[0] - 1):
+                x, y = xs, ys
+            else:
+                x = np.full(shape, np.nan)
+                y = np.full(shape, np.nan)
+                x[ymin : ymax + 1, xmin : xmax + 1] = xs
+                y[ymin : ymax + 1, xmin : xmax + 1] = ys
+        else:
+            x, y = full()
+    return np.dstack([x, y])
+
+
+def input_range(in_shape: Sequence[int], bbox=None) -> tuple[int, int, int, int]:
+    """Range of input pixels drizzle may use, as stcal's ``resample_range``.
+
+    Parameters
+    ----------
+    in_shape : (int, int)
+        ``(ny, nx)`` of the exposure.
+    bbox : ((float, float), (float, float)) or None
+        ``((xlo, xhi), (ylo, yhi))`` bounding box of the exposure WCS.
+
+    Returns
+    -------
+    (int, int, int, int)
+        ``(xmin, xmax, ymin, ymax)``, inclusive, 0-based.
+    """
+    ny, nx = int(in_shape[0]), int(in_shape[1])
+    if bbox is None:
+        return 0, max(nx - 1, 0), 0, max(ny - 1, 0)
+    try:
+        bbox = bbox.bounding_box(order="F")
+    except AttributeError:
+        pass
+    (x1, x2), (y1, y2) = bbox
+    xmin = max(0, int(x1 + 0.5))
+    ymin = max(0, int(y1 + 0.5))
+    xmax = max(xmin, min(nx - 1, int(x2 + 0.5)))
+    ymax = max(ymin, min(ny - 1, int(y2 + 0.5)))
+    return xmin, xmax, ymin, ymax
+
+
+def local_range(
+    rng: tuple[int, int, int, int], slices: tuple[slice, slice]
+) -> tuple[int, int, int, int] | None:
+    """Translate an :func:`input_range` into the coordinates of an input crop.
+
+    Parameters
+    ----------
+    rng : (int, int, int, int)
+        ``(xmin, xmax, ymin, ymax)`` in full-exposure pixels.
+    slices : (slice, slice)
+        The ``(y, x)`` crop returned by :func:`pixmap_for_region`.
+
+    Returns
+    -------
+    (int, int, int, int) or None
+        The range inside the crop, or `None` when the crop lies outside it.
+    """
+    sy, sx = slices
+    xmin, xmax, ymin, ymax = rng
+    lx0, lx1 = max(xmin, sx.start) - sx.start, min(xmax, sx.stop - 1) - sx.start
+    ly0, ly1 = max(ymin, sy.start) - sy.start, min(ymax, sy.stop - 1) - sy.start
+    if lx1 < lx0 or ly1 < ly0:
+        return None
+    return lx0, lx1, ly0, ly1
+
+
+def pixmap_for_region(
+    pixmap: np.ndarray, y0: int, y1: int, x0: int, x1: int, halo: float, margin: int = 2
+) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """Crop a pixel map to the input pixels that can touch an output region.
+
+    An input pixel is kept when its mapped centre lies within ``halo`` output pixels of the
+    region ``[y0, y1) x [x0, x1)``; the crop is the bounding rectangle of those pixels plus
+    ``margin`` input pixels (drizzle interpolates the map between neighbouring pixels to find
+    pixel corners, so the neighbours of edge pixels must be present too).
+
+    Parameters
+    ----------
+    pixmap : numpy.ndarray
+        ``(ny, nx, 2)`` map of the whole exposure (:func:`exposure_pixmap`).
+    y0, y1, x0, x1 : int
+        Output region (half-open), in output-grid pixels.
+    halo : float
+        Reach of one input pixel on the output grid (kernel size plus pixel size), in output
+        pixels; see :func:`image3_dask.algorithms.drizzle_tile.kernel_halo`.
+    margin : int, optional
+        Extra input pixels around the selection.
+
+    Returns
+    -------
+    ((slice, slice), numpy.ndarray) or None
+        The ``(y, x)`` input slices and the cropped map shifted so that output pixel
+        ``(y0, x0)`` is ``(0, 0)``; `None` when no input pixel reaches the region.
+    """
+    px = pixmap[..., 0]
+    py = pixmap[..., 1]
+    with np.errstate(invalid="ignore"):
+        sel = (
+            (px >= x0 - 0.5 - halo)
+            & (px <= x1 - 0.5 + halo)
+            & (py >= y0 - 0.5 - halo)
+            & (py <= y1 - 0.5 + halo)
+        )
+    rows = np.flatnonzero(sel.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(sel[rows[0] : rows[-1] + 1].any(axis=0))
+    ny, nx = px.shape
+    iy0 = max(0, int(rows[0]) - margin)
+    iy1 = min(ny, int(rows[-1]) + 1 + margin)
+    ix0 = max(0, int(cols[0]) - margin)
+    ix1 = min(nx, int(cols[-1]) + 1 + margin)
+    slices = (slice(iy0, iy1), slice(ix0, ix1))
+    local = pixmap[slices].copy()
+    local[..., 0] -= x0
+    local[..., 1] -= y0
+    return slices, local
