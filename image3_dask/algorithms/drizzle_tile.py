@@ -1,0 +1,510 @@
+"""Drizzle of one output tile, computed as stcal's ``Resample`` computes the whole mosaic.
+
+What stcal 1.20 (``stcal.resample.Resample.add_model`` / ``finalize``) does per exposure and
+this module reproduces per tile:
+
+- weight map ``build_driz_weight``: ``1/var_rnoise`` (ivm), measurement (or exposure) time
+  (exptime) or 1, times the DQ "good" mask of ``good_bits``; see :func:`build_weight`;
+- the science array minus ``meta.background.level`` when the background was not subtracted;
+- SCI, WHT and CON: one drizzle with ``in_units="cps"``, ``iscale`` (1 for imaging),
+  ``pixel_scale_ratio`` (kernel size), ``wht_scale=1``, the input range of the WCS bounding
+  box; the context bit of an exposure is its index in the association (plane ``k // 32``,
+  bit ``k % 32``), so a tile that sees only some exposures still sets the right bits;
+- each variance ``v``: ``sqrt(v)`` drizzled alone (NaN fill, same kernel/weights), squared,
+  then combined as ``sum(v_i w_i**2) / (sum w_i)**2`` where ``w_i`` is ``1 / resampled
+  var_rnoise_i`` (ivm) or the measurement time (exptime), and finally divided by
+  ``pixel_scale_ratio**2``;
+- ERR: ``sqrt(nansum(variances))``, NaN where all are NaN (``compute_err="from_var"``), or
+  drizzled input ERR divided by ``pixel_scale_ratio`` (``"driz_err"``).
+
+Drizzle itself is the C code of the ``drizzle`` package. A tile is drizzled onto the tile
+grown by :func:`kernel_halo` (clipped to the mosaic, see
+:meth:`image3_dask.algorithms.tiles.Tile.padded`) and cropped, which reproduces the
+full-frame result: every output pixel receives the same contributions in the same order.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "CTX_PLANE_BITS",
+    "KERNELS",
+    "DrizzleInput",
+    "build_weight",
+    "drizzle_tile",
+    "intensity_scale",
+    "kernel_halo",
+    "n_ctx_planes",
+]
+
+CTX_PLANE_BITS = 32
+KERNELS = ("square", "gaussian", "point", "turbo", "lanczos2", "lanczos3")
+VARIANCE_NAMES = ("var_rnoise", "var_flat", "var_poisson")
+
+
+def n_ctx_planes(n_inputs: int) -> int:
+    """Number of 32-bit context planes for ``n_inputs`` exposures (as drizzle allocates)."""
+    return max(int(n_inputs) - 1, 0) // CTX_PLANE_BITS + 1
+
+
+def kernel_halo(kernel: str, pixfrac: float = 1.0, pixel_scale_ratio: float = 1.0) -> int:
+    """Reach of one input pixel on the output grid, in output pixels (rounded up, padded).
+
+    Parameters
+    ----------
+    kernel : str
+        Drizzle kernel name.
+    pixfrac : float, optional
+        Pixel shrink factor.
+    pixel_scale_ratio : float, optional
+        Output over input pixel scale.
+
+    Returns
+    -------
+    int
+        Margin such that any input pixel whose mapped centre is farther than it from a region
+        cannot contribute to that region, plus a safety margin for distortion and drizzle's
+        scan-line rounding.
+    """
+    s = max(float(pixel_scale_ratio), 1e-6)
+    pf = float(pixfrac)
+    k = kernel.lower()
+    if k not in KERNELS:
+        raise ValueError(f"Unsupported kernel '{kernel}'. Use one of {', '.join(KERNELS)}.")
+    pixel = 0.5 * math.sqrt(2.0) / s  # half diagonal of an input pixel
+    if k == "square":
+        reach = max(pixel * pf, 0.5)
+    elif k == "point":
+        reach = 0.5
+    elif k == "turbo":
+        reach = 0.5 * pf / s * math.sqrt(2.0)
+    elif k == "gaussian":
+        reach = max(2.5 * pf / 2.3548 / s, 1.2 / s) * math.sqrt(2.0)
+    else:  # lanczos: range is offset by one pixel in drizzle
+        order = 2 if k == "lanczos2" else 3
+        reach = (order * pf / s + 1.0) * math.sqrt(2.0)
+    # 25% for distortion + whole input pixel that must fit inside drizzle's output array
+    return int(math.ceil(1.25 * reach + 2.0 * pixel + 1.0))
+
+
+def build_weight(
+    dq: np.ndarray | None,
+    var_rnoise: np.ndarray | None,
+    *,
+    weight_type: str | None,
+    good_bits: int | str | None,
+    exptime: float | None = None,
+    shape: Sequence[int] | None = None,
+    flag_name_map: Mapping[str, int] | None = None,
+) -> np.ndarray:
+    """Drizzle weight map of an exposure (stcal ``build_driz_weight``).
+
+    Parameters
+    ----------
+    dq : numpy.ndarray or None
+        DQ bit array; `None` means all pixels good.
+    var_rnoise : numpy.ndarray or None
+        Read-noise variance (for ``"ivm"``); missing -> weight 1.
+    weight_type : {"ivm", "exptime", None}
+        ``"ivm"``: ``1/var_rnoise`` (0 where not finite); ``"exptime"``: ``exptime``
+        (the measurement time when known); `None`: 1.
+    good_bits : int, str or None
+        DQ bits to ignore, with astropy ``bitmask`` semantics: an integer sum, a string such
+        as ``"4,8"`` / ``"JUMP_DET+DROPOUT"``, a leading ``"~"`` to list the *bad* bits
+        instead (jwst default ``"~DO_NOT_USE+NON_SCIENCE"``), or `None` to ignore DQ.
+    exptime : float, optional
+        Time for ``"exptime"`` weighting.
+    shape : (int, int), optional
+        Array shape when both ``dq`` and ``var_rnoise`` are `None`.
+    flag_name_map : mapping, optional
+        Mnemonic -> bit value; default the JWST pixel flags of ``stdatamodels``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 weights, 0 for bad pixels.
+    """
+    from astropy.nddata.bitmask import bitfield_to_boolean_mask
+
+    if shape is None:
+        ref = dq if dq is not None else var_rnoise
+        if ref is None:
+            raise ValueError("Give 'shape' when neither 'dq' nor 'var_rnoise' is given.")
+        shape = ref.shape
+    shape = tuple(shape)
+
+    if flag_name_map is None and isinstance(good_bits, str):
+        flag_name_map = jwst_pixel_flags()
+
+    if dq is None:
+        dqmask = np.ones(shape, dtype=np.uint8)
+    else:
+        dqmask = bitfield_to_boolean_mask(
+            dq, good_bits, good_mask_value=1, dtype=np.uint8, flag_name_map=flag_name_map
+        )
+
+    if weight_type == "ivm":
+        if var_rnoise is not None and var_rnoise.shape == shape:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                inv = 1.0 / var_rnoise
+            inv[~np.isfinite(inv)] = 0
+        else:
+            inv = np.full(shape, 1, dtype=np.float32)
+        result = inv * dqmask
+    elif weight_type == "exptime":
+        if exptime is None:
+            raise ValueError("'exptime' weighting needs 'exptime'.")
+        result = np.float32(exptime) * dqmask
+    elif weight_type is None:
+        result = dqmask
+    else:
+        raise ValueError(
+            f"Invalid weight type: {weight_type!r}. Allowed: 'ivm', 'exptime' or None."
+        )
+    return result.astype(np.float32)
+
+
+def jwst_pixel_flags() -> dict[str, int]:
+    """JWST DQ mnemonic -> bit value map (``stdatamodels`` ``dqflags.pixel``)."""
+    try:
+        from stdatamodels.jwst.datamodels.dqflags import pixel
+    except ImportError:  # pragma: no cover - stdatamodels is a dependency
+        from stdatamodels.dqflags import pixel  # type: ignore[no-redef]
+    return dict(pixel)
+
+
+def intensity_scale(
+    *, spectral: bool = False, flux_density: bool = False, pixel_scale_ratio: float | None = None
+) -> float:
+    """Intensity scale stcal applies to input data before drizzling.
+
+    For imaging it is always 1 (surface-brightness data need no rescaling). For spectral data
+    in flux-density units it is ``1 / pixel_scale_ratio``.
+
+    Parameters
+    ----------
+    spectral : bool, optional
+        Whether the WCS has a spectral axis.
+    flux_density : bool, optional
+        Whether the data are in flux-density units (e.g. MJy rather than MJy/sr).
+    pixel_scale_ratio : float, optional
+        Output over input pixel scale.
+
+    Returns
+    -------
+    float
+        The ``iscale`` factor.
+    """
+    if spectral and flux_density and pixel_scale_ratio:
+        return 1.0 / pixel_scale_ratio
+    return 1.0
+
+
+@dataclass
+class DrizzleInput:
+    """One exposure's contribution to a tile (arrays cropped with ``pixmap_for_region``).
+
+    Attributes
+    ----------
+    sci : numpy.ndarray
+        Science crop.
+    pixmap : numpy.ndarray
+        ``(ny, nx, 2)`` local map (output coordinates relative to the drizzled region).
+    ctx_id : int
+        Index of the exposure in the association (global, the same in every tile).
+    exptime : float
+        Exposure time (drizzle's ``exptime``; must be > 0).
+    weight : numpy.ndarray or None
+        Weight map crop (:func:`build_weight`); `None` means 1.
+    var_rnoise, var_poisson, var_flat : numpy.ndarray or None
+        Variance crops.
+    err : numpy.ndarray or None
+        ERR crop (only for ``compute_err="driz_err"``).
+    dq : numpy.ndarray or None
+        DQ crop (only for ``propagate_dq``).
+    measurement_time : float or None
+        Used for ``weight_type="exptime"`` variance weights (else ``exptime``).
+    iscale : float
+        Intensity scale (:func:`intensity_scale`).
+    background_level : float or None
+        ``meta.background.level``.
+    background_subtracted : bool
+        ``meta.background.subtracted``; when `False` the level is subtracted from ``sci``.
+    in_range : (int, int, int, int) or None
+        ``(xmin, xmax, ymin, ymax)`` of usable pixels in crop coordinates
+        (:func:`image3_dask.algorithms.pixmap.local_range`); `None` means the whole crop.
+    """
+
+    sci: np.ndarray
+    pixmap: np.ndarray
+    ctx_id: int
+    exptime: float
+    weight: np.ndarray | None = None
+    var_rnoise: np.ndarray | None = None
+    var_poisson: np.ndarray | None = None
+    var_flat: np.ndarray | None = None
+    err: np.ndarray | None = None
+    dq: np.ndarray | None = None
+    measurement_time: float | None = None
+    iscale: float = 1.0
+    background_level: float | None = None
+    background_subtracted: bool = True
+    in_range: tuple[int, int, int, int] | None = None
+
+
+def _fillstr(fillval: float | str | None) -> str:
+    # what drizzle.Drizzle passes to the C code when it allocates out_img itself
+    if fillval is None:
+        return "NaN"
+    if isinstance(fillval, str):
+        s = fillval.strip()
+        if s.upper() in ("", "INDEF"):
+            return "NaN"
+        float(s)
+        return s
+    return str(fillval)
+
+
+def _initial(fillstr: str) -> float:
+    return np.nan if fillstr.upper() in ("INDEF", "NAN") else float(fillstr)
+
+
+class _Acc:
+    """Output arrays of one drizzle (like ``drizzle.resample.Drizzle`` with explicit ctx ids)."""
+
+    def __init__(self, shape, kernel, fillval, nplanes: int | None, dq: bool = False):
+        self.fill = _fillstr(fillval)
+        self.img = np.full(shape, _initial(self.fill), dtype=np.float32)
+        self.wht = np.zeros(shape, dtype=np.float32)
+        self.ctx = None if nplanes is None else np.zeros((nplanes, *shape), dtype=np.int32)
+        self.dq = np.zeros(shape, dtype=np.uint32) if dq else None
+        self.kernel = kernel
+
+    def add(self, data, inp: DrizzleInput, weight, pixfrac, pscale_ratio, xr, dq=None):
+        from drizzle import cdrizzle
+
+        xmin, xmax, ymin, ymax = xr
+        if self.ctx is None:
+            ctx_plane, uid = None, 1
+        else:
+            plane, bit = divmod(int(inp.ctx_id), CTX_PLANE_BITS)
+            ctx_plane, uid = self.ctx[plane], bit + 1
+        if inp.exptime <= 0.0:
+            raise ValueError("'exptime' must be strictly positive.")
+        cdrizzle.tdriz(
+            input=np.asarray(data, dtype=np.float32),
+            weights=weight,
+            pixmap=inp.pixmap,
+            output=self.img,
+            counts=self.wht,
+            context=ctx_plane,
+            input2=None,
+            output2=None,
+            dq=None if dq is None else np.asarray(dq, dtype=np.uint32),
+            outdq=self.dq if dq is not None else None,
+            uniqid=uid,
+            xmin=xmin,
+            xmax=xmax,
+            ymin=ymin,
+            ymax=ymax,
+            iscale=inp.iscale,
+            pscale_ratio=pscale_ratio,
+            pixfrac=pixfrac,
+            kernel=self.kernel,
+            in_units="cps",
+            expscale=1.0,
+            wtscale=1.0,
+            fillstr=self.fill,
+            fillstr2="INDEF",
+        )
+
+
+def drizzle_tile(
+    inputs: Sequence[DrizzleInput],
+    out_shape: Sequence[int],
+    *,
+    kernel: str = "square",
+    pixfrac: float = 1.0,
+    fillval: float | str | None = "NAN",
+    pixel_scale_ratio: float | None = 1.0,
+    weight_type: str | None = "ivm",
+    enable_ctx: bool = True,
+    enable_var: bool = True,
+    compute_err: bool | str | None = True,
+    propagate_dq: bool = False,
+    n_inputs: int | None = None,
+    crop: tuple[slice, slice] | None = None,
+) -> dict[str, np.ndarray]:
+    """Drizzle exposures onto one output region, as stcal ``Resample`` does for the mosaic.
+
+    Parameters
+    ----------
+    inputs : sequence of DrizzleInput
+        Contributions, in association order (the order fixes the floating-point sums).
+    out_shape : (int, int)
+        Shape of the drizzled region (the tile grown by a halo, see
+        :meth:`image3_dask.algorithms.tiles.Tile.padded`).
+    kernel : {"square", "gaussian", "point", "turbo", "lanczos2", "lanczos3"}
+        Drizzle kernel.
+    pixfrac : float
+        Pixel shrink factor.
+    fillval : float, str or None
+        Value of pixels without contributions (jwst default ``"NAN"``; `None`/``"INDEF"``
+        leave them NaN).
+    pixel_scale_ratio : float or None
+        Output over input pixel scale: sets kernel sizes and scales variances by its
+        inverse square (ERR by its inverse for ``"driz_err"``). `None` means 1 and no scaling.
+    weight_type : {"ivm", "exptime", None}
+        How the resampled variances are weighted (the input weight maps are given).
+    enable_ctx : bool
+        Compute the context image.
+    enable_var : bool
+        Resample the variance arrays.
+    compute_err : bool, {"from_var", "driz_err"} or None
+        `True`/``"from_var"``: ERR from the variances (implies ``enable_var``);
+        ``"driz_err"``: drizzle the input ERR; `False`/`None`: no ERR.
+    propagate_dq : bool
+        OR-combine the DQ of contributing input pixels into ``"dq"``.
+    n_inputs : int, optional
+        Number of exposures in the association (sets the number of context planes); by
+        default ``max(ctx_id) + 1``.
+    crop : (slice, slice), optional
+        Keep only this part of the region (e.g. ``Tile.crop_in(region)``).
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        ``sci``, ``wht`` (float32), ``con`` (int32, ``(nplanes, ny, nx)``) if enabled,
+        ``var_rnoise``, ``var_poisson``, ``var_flat`` (float32) if enabled, ``err`` if
+        requested, ``dq`` (uint32) if requested.
+    """
+    k = kernel.lower()
+    if k not in KERNELS:
+        raise ValueError(f"Unsupported kernel '{kernel}'. Use one of {', '.join(KERNELS)}.")
+    if compute_err is True:
+        compute_err = "from_var"
+    elif compute_err is False:
+        compute_err = None
+    if compute_err not in (None, "from_var", "driz_err"):
+        raise ValueError(f"Invalid compute_err: {compute_err!r}")
+    if compute_err == "from_var":
+        enable_var = True
+    if weight_type is not None and not (weight_type.startswith("ivm") or weight_type == "exptime"):
+        raise ValueError(f"Unexpected weight type: {weight_type!r}")
+
+    shape = (int(out_shape[0]), int(out_shape[1]))
+    if n_inputs is None:
+        n_inputs = max((int(i.ctx_id) for i in inputs), default=0) + 1
+    nplanes = n_ctx_planes(n_inputs) if enable_ctx else None
+    psr = 1.0 if pixel_scale_ratio is None else float(pixel_scale_ratio)
+
+    main = _Acc(shape, k, fillval, nplanes, dq=propagate_dq)
+    err_acc = _Acc(shape, k, fillval, None) if compute_err == "driz_err" else None
+    var_info = {
+        name: {
+            "wsum": np.full(shape, np.nan, dtype=np.float32),
+            "wt": np.zeros(shape, dtype=np.float32),
+        }
+        for name in VARIANCE_NAMES
+    }
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not a flux-conserving kernel")
+        for inp in inputs:
+            data = np.asarray(inp.sci, dtype=np.float32)
+            ny, nx = data.shape
+            if inp.pixmap.shape[:2] != data.shape:
+                raise ValueError("'pixmap' shape is not consistent with 'sci' shape.")
+            if not inp.background_subtracted and inp.background_level is not None:
+                data = data - inp.background_level
+            xr = inp.in_range if inp.in_range is not None else (0, nx - 1, 0, ny - 1)
+            xmin, xmax, ymin, ymax = xr
+            xr = (max(xmin, 0), min(xmax, nx - 1), max(ymin, 0), min(ymax, ny - 1))
+            weight = (
+                np.ones_like(data)
+                if inp.weight is None
+                else np.asarray(inp.weight, dtype=np.float32)
+            )
+            main.add(
+                data,
+                inp,
+                weight,
+                pixfrac,
+                psr,
+                xr,
+                dq=inp.dq if propagate_dq else None,
+            )
+            if err_acc is not None and inp.err is not None:
+                err_acc.add(inp.err, inp, weight, pixfrac, psr, xr)
+            if enable_var:
+                _add_variances(var_info, inp, weight, pixfrac, psr, xr, k, shape, weight_type)
+
+    out: dict[str, np.ndarray] = {"sci": main.img, "wht": main.wht}
+    if main.ctx is not None:
+        out["con"] = main.ctx
+    if main.dq is not None:
+        out["dq"] = main.dq
+
+    if enable_var:
+        scaling = 1.0 if pixel_scale_ratio is None else 1.0 / pixel_scale_ratio**2
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "invalid value*", RuntimeWarning)
+            warnings.filterwarnings("ignore", "divide by zero*", RuntimeWarning)
+            for name in VARIANCE_NAMES:
+                info = var_info[name]
+                out[name] = (info["wsum"] * scaling / info["wt"] / info["wt"]).astype(np.float32)
+
+    if compute_err == "driz_err":
+        assert err_acc is not None
+        out["err"] = err_acc.img / (1.0 if pixel_scale_ratio is None else pixel_scale_ratio)
+    elif compute_err == "from_var":
+        comps = [out[name] for name in VARIANCE_NAMES]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "All-NaN", RuntimeWarning)
+            err = np.sqrt(np.nansum(comps, axis=0))
+        err[np.all(np.isnan(comps), axis=0)] = np.nan
+        out["err"] = err
+
+    if crop is not None:
+        sy, sx = crop
+        out = {key: np.ascontiguousarray(val[..., sy, sx]) for key, val in out.items()}
+    return out
+
+
+def _add_variances(var_info, inp, weight, pixfrac, psr, xr, kernel, shape, weight_type):
+    """Drizzle and accumulate the variances of one input (stcal resample_variance_arrays)."""
+    resampled: dict[str, np.ndarray] = {}
+    for name in VARIANCE_NAMES:
+        v = getattr(inp, name)
+        if v is None or v.size == 0 or v.shape != inp.sci.shape:
+            continue
+        acc = _Acc(shape, kernel, np.nan, None)
+        acc.add(np.sqrt(v), inp, weight, pixfrac, psr, xr)
+        resampled[name] = acc.img**2
+
+    if weight_type is not None and weight_type.startswith("ivm"):
+        rn = resampled.get("var_rnoise")
+        w = np.zeros(shape)
+        if rn is not None:
+            mask = (rn > 0) & np.isfinite(rn)
+            w[mask] = np.reciprocal(rn[mask])
+        else:
+            # stcal has no defined behaviour here; weight 1 wherever a variance landed
+            w[:] = 1.0
+    else:
+        t = inp.measurement_time if inp.measurement_time is not None else inp.exptime
+        w = np.full(shape, t)
+
+    for name, var in resampled.items():
+        wsum = var_info[name]["wsum"]
+        mask = (var >= 0) & np.isfinite(var) & (w > 0)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
+            wsum[mask] = np.nansum([wsum[mask], var[mask] * w[mask] * w[mask]], axis=0)
+        var_info[name]["wt"][mask] += w[mask]
