@@ -38,6 +38,7 @@ __all__ = [
     "absolute_align",
     "choose_mode",
     "global_align",
+    "group_overlaps",
     "make_corrector",
     "parse_refcat",
     "relative_align",

@@ -39,6 +39,7 @@ __all__ = [
     "GroupSolution",
     "PairMatch",
     "apply_correction",
+    "footprint_tangent_plane",
     "global_align",
     "match_pair",
     "solve_global",
