@@ -1,0 +1,593 @@
+"""``simulate()``: level-2b JWST imaging exposures with known truth.
+
+Every file is rendered and written one at a time, so hundreds of exposures never sit in memory
+together. The simulation is deterministic for a given ``seed`` (and set of parameters).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from stdatamodels.jwst.datamodels import dqflags
+
+from image3_dask.io.asn import make_association, write_association
+from image3_dask.simulate import wcs as simwcs
+from image3_dask.simulate.instruments import Detector, Instrument, get_instrument
+from image3_dask.simulate.patterns import dither_pattern, field_extent_ideal, mosaic_pattern
+from image3_dask.simulate.psf import get_psf
+from image3_dask.simulate.render import render_flux
+from image3_dask.simulate.scene import SERSIC_TRUNCATION, make_scene, sky_to_tangent
+from image3_dask.simulate.truth import (
+    TRUTH_FORMAT,
+    TRUTH_VERSION,
+    ExposureTruth,
+    Truth,
+    load_truth,
+)
+from image3_dask.simulate.writer import ExposureMeta, cal_filename, write_cal
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SimulationResult", "simulate", "truth_image"]
+
+DO_NOT_USE = dqflags.pixel["DO_NOT_USE"]
+HOT = dqflags.pixel["HOT"]
+DEAD = dqflags.pixel["DEAD"]
+REFERENCE_PIXEL = dqflags.pixel["REFERENCE_PIXEL"]
+
+FLAT_ERROR = 0.002  # relative flat-field uncertainty (VAR_FLAT)
+_MJD0 = 60676.0  # 2025-01-01T00:00:00
+
+
+@dataclass
+class SimulationResult:
+    """What :func:`simulate` wrote.
+
+    Attributes
+    ----------
+    asn_path : Path
+        The ``image3`` association (``<out_dir>/asn.json``).
+    cal_paths : list of Path
+        The ``*_cal.fits`` files, in association order.
+    truth_path : Path
+        The truth JSON file (``<out_dir>/truth.json``).
+    truth : Truth
+        The loaded truth.
+    """
+
+    asn_path: Path
+    cal_paths: list[Path]
+    truth_path: Path
+    truth: Truth
+
+
+@lru_cache(maxsize=16)
+def _area_map(inst_key: str, det_name: str, shape: tuple[int, int], coeff_key: str):
+    import json
+
+    inst = get_instrument(inst_key)
+    det = inst.detectors[det_name]
+    dist = simwcs.distortion_model(inst, det, shape, json.loads(coeff_key))
+    area = simwcs.pixel_area_map(dist, shape)
+    area.flags.writeable = False
+    return area
+
+
+def _area(inst: Instrument, det: Detector, shape, coeffs) -> np.ndarray:
+    import json
+
+    return _area_map(inst.key, det.name, tuple(shape), json.dumps(coeffs))
+
+
+def _ref_pixel_mask(inst: Instrument, shape) -> np.ndarray:
+    ny, nx = shape
+    mask = np.zeros(shape, bool)
+    c, r = inst.ref_columns, inst.ref_rows
+    if c:
+        mask[:, :c] = True
+        mask[:, nx - c :] = True
+    if r:
+        mask[:r, :] = True
+        mask[ny - r :, :] = True
+    return mask
+
+
+def _bad_pixels(rng, inst: Instrument, shape, fraction: float) -> dict[str, np.ndarray]:
+    ny, nx = shape
+    valid = np.flatnonzero(~_ref_pixel_mask(inst, shape).ravel())
+    nbad = int(round(fraction * valid.size))
+    idx = np.sort(rng.choice(valid, size=nbad, replace=False)) if nbad else np.zeros(0, int)
+    hot = rng.uniform(0, 1, nbad) < 0.5
+    value = np.where(
+        hot,
+        inst.sky_mjysr * rng.uniform(5.0, 100.0, nbad),
+        -inst.sky_mjysr * rng.uniform(0.0, 2.0, nbad),
+    )
+    return {
+        "y": idx // nx,
+        "x": idx % nx,
+        "kind": np.where(hot, "hot", "dead"),
+        "value": value,
+    }
+
+
+def _cosmic_rays(rng, shape, rate: float, sigma: float, allowed: np.ndarray):
+    """Single-pixel hits and short tracks; returns pixel y, x and added values (MJy/sr)."""
+    ny, nx = shape
+    nev = rng.poisson(rate * ny * nx)
+    img = np.zeros(shape)
+    for _ in range(nev):
+        y0, x0 = rng.uniform(0, ny), rng.uniform(0, nx)
+        amp = sigma * 10 ** rng.uniform(np.log10(20.0), np.log10(500.0))
+        if rng.uniform() < 0.5:
+            ys, xs = np.array([int(y0)]), np.array([int(x0)])
+            vals = np.array([amp])
+        else:
+            length = rng.uniform(2.0, 8.0)
+            ang = rng.uniform(0, np.pi)
+            t = np.arange(0.0, length + 0.25, 0.5)
+            pts = np.unique(
+                np.stack([(y0 + t * np.sin(ang)).astype(int), (x0 + t * np.cos(ang)).astype(int)]),
+                axis=1,
+            )
+            ys, xs = pts
+            vals = amp * rng.uniform(0.5, 1.0, ys.size)
+        ok = (ys >= 0) & (ys < ny) & (xs >= 0) & (xs < nx)
+        np.add.at(img, (ys[ok], xs[ok]), vals[ok])
+    img[~allowed] = 0.0
+    yy, xx = np.nonzero(img)
+    return yy, xx, img[yy, xx]
+
+
+def _electron_scale(inst: Instrument, area_true: np.ndarray, area_nom: float) -> np.ndarray:
+    """Surface brightness (MJy/sr) of one electron in each pixel."""
+    return inst.photmjsr * area_nom / (area_true * inst.gain * inst.exposure_time)
+
+
+def simulate(
+    instrument: str = "miri",
+    n: int | None = 4,
+    out_dir: str | os.PathLike = "sim",
+    seed: int = 0,
+    pattern: str = "dither",
+    shape: tuple[int, int] | None = None,
+    *,
+    n_detectors: int = 1,
+    pointing_error: float = 0.3,
+    roll_error: float = 10.0,
+    n_stars: int = 150,
+    n_galaxies: int = 50,
+    flux_range_jy: tuple[float, float] | None = None,
+    sky: float | None = None,
+    sky_variation: float = 0.1,
+    cosmic_ray_rate: float = 3e-4,
+    bad_pixel_fraction: float = 1e-3,
+    noise: bool = True,
+    rows: int | None = None,
+    cols: int | None = None,
+    overlap: float = 0.12,
+    exposures_per_pointing: int = 1,
+    ra: float = 53.16,
+    dec: float = -27.78,
+    roll: float = 30.0,
+    program: str = "01234",
+    observation: str = "001",
+    product_name: str | None = None,
+    asn_id: str = "a3001",
+    oversample: int = 5,
+) -> SimulationResult:
+    """Simulate a set of level-2b (``*_cal.fits``) imaging exposures with known truth.
+
+    Parameters
+    ----------
+    instrument : {"miri", "nircam"}
+        MIRI imager (F770W, 0.11"/pix) or NIRCam short wavelength (F200W, 0.031"/pix).
+    n : int
+        Number of exposures (each has ``n_detectors`` files). For a mosaic it may be ``None``
+        when ``rows`` and ``cols`` are given.
+    out_dir : path-like
+        Output folder (created).
+    seed : int
+        Random seed; the output is deterministic for a given seed and parameters.
+    pattern : {"dither", "mosaic"}
+        A 4-point dither of a few arcsec, or a ``rows x cols`` mosaic.
+    shape : tuple of int, optional
+        Detector array shape ``(ny, nx)`` (a centred crop of the detector); default full frame.
+    n_detectors : int
+        Detectors per exposure (NIRCam: up to 8, NRCA1..4, NRCB1..4); all files of an exposure
+        share the exposure number and so jwst's ``group_id``.
+    pointing_error : float
+        RMS (arcsec, per axis) of the pointing error injected in the written WCS.
+    roll_error : float
+        RMS (arcsec) of the roll error injected in the written WCS.
+    n_stars, n_galaxies : int
+        Mean numbers of stars and galaxies per *full* detector field of view (source densities;
+        the totals scale with the area of the whole field, so a cropped ``shape`` holds fewer).
+    flux_range_jy : tuple, optional
+        Star flux range (Jy); default per instrument.
+    sky : float, optional
+        Mean sky level (MJy/sr); default per instrument. Each exposure gets
+        ``sky * (1 + U(-sky_variation, sky_variation))`` (same for all its detectors).
+    cosmic_ray_rate : float
+        Cosmic-ray events per pixel and exposure (half single pixels, half 2-8 pixel tracks).
+    bad_pixel_fraction : float
+        Fraction of hot/dead pixels of each detector (flagged ``DO_NOT_USE`` + ``HOT``/``DEAD``).
+    noise : bool
+        Add noise (the variance arrays are always written).
+    rows, cols, overlap, exposures_per_pointing
+        Mosaic layout: grid size, overlap of adjacent tiles (fraction of the field), exposures
+        per tile (dithered by about 3 % of the field).
+    ra, dec, roll : float
+        Field centre (deg) and position angle of V3 there (deg).
+    program, observation : str
+        ``meta.observation`` program and observation numbers.
+    product_name : str, optional
+        Association product name (default ``"<instrument>_<pattern>"``).
+    asn_id : str
+        Association id.
+    oversample : int
+        Sub-pixels per axis used to integrate the PSF.
+
+    Returns
+    -------
+    SimulationResult
+        Paths of the association, the exposures and the truth, and the loaded truth.
+    """
+    t0 = time.perf_counter()
+    inst = get_instrument(instrument)
+    dets = inst.detector_list(n_detectors)
+    shape = tuple(int(v) for v in (shape or inst.shape))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    product_name = product_name or f"{inst.key}_{pattern}"
+    sky = inst.sky_mjysr if sky is None else float(sky)
+    psf = get_psf(inst)
+    params = {
+        "instrument": inst.key,
+        "n": n,
+        "seed": seed,
+        "pattern": pattern,
+        "shape": list(shape),
+        "n_detectors": n_detectors,
+        "pointing_error": pointing_error,
+        "roll_error": roll_error,
+        "n_stars": n_stars,
+        "n_galaxies": n_galaxies,
+        "flux_range_jy": list(flux_range_jy or inst.flux_range_jy),
+        "sky": sky,
+        "sky_variation": sky_variation,
+        "cosmic_ray_rate": cosmic_ray_rate,
+        "bad_pixel_fraction": bad_pixel_fraction,
+        "noise": noise,
+        "rows": rows,
+        "cols": cols,
+        "overlap": overlap,
+        "exposures_per_pointing": exposures_per_pointing,
+        "ra": ra,
+        "dec": dec,
+        "roll": roll,
+        "program": program,
+        "observation": observation,
+        "product_name": product_name,
+        "asn_id": asn_id,
+        "oversample": oversample,
+    }
+    ss = np.random.SeedSequence(seed)
+    rng_point, rng_scene, rng_sky, rng_bad, ss_files = ss.spawn(5)
+    rng_point = np.random.default_rng(rng_point)
+    rng_scene = np.random.default_rng(rng_scene)
+    rng_sky = np.random.default_rng(rng_sky)
+    rng_bad = np.random.default_rng(rng_bad)
+
+    coeffs = {d.name: simwcs.distortion_coefficients(inst, d) for d in dets}
+    dists = {d.name: simwcs.distortion_model(inst, d, shape, coeffs[d.name]) for d in dets}
+    primary = dets[0]
+
+    # ---- pointings -----------------------------------------------------------------------
+    extent = field_extent_ideal(inst, dets, shape, dists)
+    cx, cy = 0.5 * (extent[0] + extent[1]), 0.5 * (extent[2] + extent[3])
+    if pattern == "dither":
+        if n is None:
+            raise ValueError("n is required for a dither")
+        pointings = dither_pattern(n)
+    elif pattern == "mosaic":
+        pointings = mosaic_pattern(n, extent, rows, cols, overlap, exposures_per_pointing)
+    else:
+        raise ValueError(f"pattern must be 'dither' or 'mosaic', not {pattern!r}")
+    a = np.deg2rad(primary.v3yangle)
+    p = primary.vparity
+    ideal2v = np.array([[p * np.cos(a), np.sin(a)], [-p * np.sin(a), np.cos(a)]])
+
+    exposures = []
+    (bx0, bx1), (by0, by1) = simwcs.bounding_box(inst, shape)
+    corner_x = np.array([bx0, bx1, bx1, bx0])
+    corner_y = np.array([by0, by0, by1, by1])
+    det_corners = {d.name: dists[d.name](corner_x, corner_y, with_bounding_box=False) for d in dets}
+    all_xi, all_eta = [], []
+    for pt in pointings:
+        # the field centre is seen at ideal position (centre of the detectors) - offset
+        ideal = np.array([cx - pt.offset[0], cy - pt.offset[1]])
+        v2a, v3a = ideal2v @ ideal + np.array([primary.v2_ref, primary.v3_ref])
+        anchor = (float(v2a), float(v3a), roll, ra, dec)
+        true_primary = simwcs.attitude_for_detector(anchor, primary)
+        err = (
+            float(rng_point.normal(0, pointing_error)),
+            float(rng_point.normal(0, pointing_error)),
+            float(rng_point.normal(0, roll_error)),
+        )
+        written_primary = simwcs.perturb_attitude(true_primary, *err)
+        exposures.append((pt, true_primary, written_primary, err))
+        v2c = np.concatenate([det_corners[d.name][0] for d in dets])
+        v3c = np.concatenate([det_corners[d.name][1] for d in dets])
+        rac, decc = simwcs.sky_at(true_primary, v2c, v3c)
+        xi, eta = sky_to_tangent(rac, decc, ra, dec)
+        all_xi.append(xi)
+        all_eta.append(eta)
+
+    # ---- scene -------------------------------------------------------------------------------
+    all_xi, all_eta = np.concatenate(all_xi), np.concatenate(all_eta)
+    pad = 2.0 * inst.fwhm_arcsec
+    box = (all_xi.min() - pad, all_xi.max() + pad, all_eta.min() - pad, all_eta.max() + pad)
+    # densities are per full detector field of view (a cropped ``shape`` sees fewer sources)
+    (fx0, fx1), (fy0, fy1) = simwcs.bounding_box(inst, inst.shape)
+    frame_area = (fx1 - fx0) * (fy1 - fy0) * inst.pixel_scale**2
+    ratio = (box[1] - box[0]) * (box[3] - box[2]) / frame_area
+    sources = make_scene(
+        rng_scene,
+        inst,
+        ra,
+        dec,
+        box,
+        int(rng_scene.poisson(n_stars * ratio)) if n_stars else 0,
+        int(rng_scene.poisson(n_galaxies * ratio)) if n_galaxies else 0,
+        flux_range_jy,
+    )
+
+    # ---- per-detector static properties ---------------------------------------------------
+    nominal_area = (inst.pixel_scale / 3600.0 * np.pi / 180.0) ** 2
+    refmask = _ref_pixel_mask(inst, shape)
+    det_info = {}
+    for d in dets:
+        bp = _bad_pixels(rng_bad, inst, shape, bad_pixel_fraction)
+        det_info[d.name] = {
+            "v2_ref": d.v2_ref,
+            "v3_ref": d.v3_ref,
+            "v3yangle": d.v3yangle,
+            "vparity": d.vparity,
+            "module": d.module,
+            "distortion": coeffs[d.name],
+            "bad_pixels": {k: v.tolist() for k, v in bp.items()},
+        }
+        det_info[d.name]["_bp"] = bp
+
+    # ---- exposures, one file at a time ------------------------------------------------------
+    truth_exposures: list[ExposureTruth] = []
+    cal_paths: list[Path] = []
+    file_seeds = ss_files.spawn(len(exposures) * len(dets))
+    sky_levels = sky * (1.0 + rng_sky.uniform(-sky_variation, sky_variation, len(exposures)))
+    duration = inst.exposure_time + 10.0 + 120.0
+    dither_total = len(pointings) if pattern == "dither" else exposures_per_pointing
+    for i, (pt, true_primary, written_primary, err) in enumerate(exposures):
+        start_mjd = _MJD0 + i * duration / 86400.0
+        for j, det in enumerate(dets):
+            rng = np.random.default_rng(file_seeds[i * len(dets) + j])
+            true_att = simwcs.attitude_for_detector(true_primary, det)
+            written_att = simwcs.attitude_for_detector(written_primary, det)
+            w_true = simwcs.make_wcs(inst, det, shape, true_att, coeffs[det.name])
+            w_written = simwcs.make_wcs(inst, det, shape, written_att, coeffs[det.name])
+            area = _area(inst, det, shape, coeffs[det.name])
+            arrays, cr = _exposure_arrays(
+                rng,
+                inst,
+                shape,
+                sources,
+                w_true,
+                psf,
+                area,
+                nominal_area,
+                float(sky_levels[i]),
+                noise,
+                cosmic_ray_rate,
+                det_info[det.name]["_bp"],
+                refmask,
+                oversample,
+            )
+            wv1 = simwcs.sky_at(written_primary, 0.0, 0.0)
+            meta = ExposureMeta(
+                program=program,
+                observation=observation,
+                visit="001",
+                visit_group="02",
+                sequence_id="1",
+                activity_id="01",
+                exposure_number=i + 1,
+                start_mjd=start_mjd,
+                attitude=written_att,
+                pointing_v1=(
+                    float(wv1[0]) % 360.0,
+                    float(wv1[1]),
+                    simwcs.roll_at(written_primary, 0.0, 0.0),
+                ),
+                target=(ra, dec),
+                s_region=simwcs.footprint_s_region(w_written),
+                fits_wcs=simwcs.wcsinfo_fits_keywords(w_written, inst, shape),
+                pixel_area_sr=nominal_area,
+                dither={
+                    "primary_type": "4-POINT-SETS" if pattern == "dither" else "NONE",
+                    "position_number": pt.dither + 1,
+                    "total_points": dither_total,
+                    "x_offset": float(pt.offset[0]),
+                    "y_offset": float(pt.offset[1]),
+                },
+                asn_table="asn.json",
+            )
+            name = cal_filename(meta, det)
+            path = write_cal(out_dir / name, inst, det, meta, w_written, arrays)
+            cal_paths.append(path)
+            keys = ("v2_ref", "v3_ref", "roll_ref", "ra_ref", "dec_ref")
+            truth_exposures.append(
+                ExposureTruth(
+                    filename=name,
+                    exposure_number=i + 1,
+                    detector=det.name,
+                    group_id=meta.group_id,
+                    tile=pt.tile,
+                    dither=pt.dither,
+                    offset_arcsec=pt.offset,
+                    true_attitude=dict(zip(keys, map(float, true_att), strict=True)),
+                    written_attitude=dict(zip(keys, map(float, written_att), strict=True)),
+                    pointing_error={
+                        "dra_arcsec": err[0],
+                        "ddec_arcsec": err[1],
+                        "droll_arcsec": err[2],
+                    },
+                    sky_mjysr=float(sky_levels[i]),
+                    start_mjd=start_mjd,
+                    cosmic_rays=cr,
+                )
+            )
+            log.debug("wrote %s", path)
+
+    # ---- association and truth ---------------------------------------------------------------
+    asn = make_association(cal_paths, product_name, asn_id=asn_id, relative_to=out_dir)
+    asn_path = write_association(asn, out_dir / "asn.json")
+    for d in det_info.values():
+        d.pop("_bp")
+    truth = Truth(
+        meta={
+            "format": TRUTH_FORMAT,
+            "version": TRUTH_VERSION,
+            "instrument": inst.name,
+            "filter": inst.filter,
+            "seed": seed,
+            "pattern": pattern,
+            "shape": list(shape),
+            "field": {"ra": ra, "dec": dec, "roll": roll},
+            "params": params,
+            "psf": {
+                "model": "moffat",
+                "fwhm_pixels": psf.fwhm,
+                "beta": psf.beta,
+                "rmax_pixels": psf.rmax,
+            },
+            "sersic_truncation": SERSIC_TRUNCATION,
+            "pixel_area_nominal_sr": nominal_area,
+            "units": {
+                "ra": "deg",
+                "dec": "deg",
+                "flux_jy": "Jy",
+                "r_eff_arcsec": "arcsec",
+                "pa_deg": "deg east of north",
+                "sky_mjysr": "MJy/sr",
+                "cosmic_rays.value": "MJy/sr",
+                "bad_pixels.value": "MJy/sr (value written to SCI)",
+                "attitude": "v2_ref, v3_ref arcsec; roll_ref, ra_ref, dec_ref deg",
+            },
+        },
+        detectors=det_info,
+        sources=sources,
+        exposures=truth_exposures,
+    )
+    truth_path = truth.write(out_dir / "truth.json")
+    log.info(
+        "simulated %d %s files in %s (%.1f s)",
+        len(cal_paths),
+        inst.name,
+        out_dir,
+        time.perf_counter() - t0,
+    )
+    return SimulationResult(
+        asn_path=asn_path, cal_paths=cal_paths, truth_path=truth_path, truth=load_truth(truth_path)
+    )
+
+
+def _model_image(sources, w_true, shape, psf, area, sky_level, oversample) -> np.ndarray:
+    flux, _, _ = render_flux(sources, w_true, shape, psf, oversample)
+    return flux * 1e-6 / area + sky_level
+
+
+def _exposure_arrays(
+    rng,
+    inst: Instrument,
+    shape,
+    sources,
+    w_true,
+    psf,
+    area,
+    nominal_area,
+    sky_level,
+    noise,
+    cosmic_ray_rate,
+    bad,
+    refmask,
+    oversample,
+):
+    model = _model_image(sources, w_true, shape, psf, area, sky_level, oversample)
+    k = _electron_scale(inst, area, nominal_area)
+    var_poisson = np.clip(model, 0.0, None) * k
+    var_rnoise = (inst.read_noise * k) ** 2
+    var_flat = (FLAT_ERROR * model) ** 2
+    err = np.sqrt(var_poisson + var_rnoise + var_flat)
+    data = model.astype(np.float32)
+    if noise:
+        data += rng.standard_normal(shape, dtype=np.float32) * err.astype(np.float32)
+    dq = np.zeros(shape, np.uint32)
+    allowed = ~refmask
+    if bad["y"].size:
+        allowed[bad["y"], bad["x"]] = False
+    k_nom = inst.photmjsr / (inst.gain * inst.exposure_time)
+    sigma_sky = float(np.sqrt(sky_level * k_nom + (inst.read_noise * k_nom) ** 2))
+    cy, cx, cv = _cosmic_rays(rng, shape, cosmic_ray_rate, sigma_sky, allowed)
+    data[cy, cx] += cv.astype(np.float32)
+    if bad["y"].size:
+        data[bad["y"], bad["x"]] = bad["value"]
+        dq[bad["y"], bad["x"]] = DO_NOT_USE | np.where(bad["kind"] == "hot", HOT, DEAD)
+    dq[refmask] = DO_NOT_USE | REFERENCE_PIXEL
+    arrays = {
+        "data": data,
+        "err": err,
+        "dq": dq,
+        "var_poisson": var_poisson,
+        "var_rnoise": var_rnoise,
+        "var_flat": var_flat,
+        "area": area / nominal_area,
+    }
+    for name in ("data", "err", "var_poisson", "var_rnoise", "var_flat"):
+        arrays[name] = np.array(arrays[name], dtype=np.float32)
+        arrays[name][refmask] = np.nan
+    cr = {"y": cy, "x": cx, "value": cv}
+    return arrays, cr
+
+
+def truth_image(
+    truth: Truth | str | os.PathLike,
+    exposure: int | str | os.PathLike = 0,
+    include_sky: bool = True,
+) -> np.ndarray:
+    """Noise-free surface brightness (MJy/sr) of one simulated file, from its truth.
+
+    Sources are rendered through the true WCS exactly as when simulating; no cosmic rays, no bad
+    pixels. Add ``truth.exposure(i).sky_mjysr`` or not with ``include_sky``.
+    """
+    from image3_dask.simulate.truth import build_true_wcs
+
+    if not isinstance(truth, Truth):
+        truth = load_truth(truth)
+    e = truth.exposure(exposure)
+    inst = get_instrument(truth.instrument)
+    det = inst.detectors[e.detector]
+    shape = truth.shape
+    coeffs = truth.detectors[e.detector]["distortion"]
+    area = _area(inst, det, shape, coeffs)
+    w = build_true_wcs(truth, exposure)
+    psf = get_psf(inst)
+    sky = e.sky_mjysr if include_sky else 0.0
+    return _model_image(
+        truth.sources, w, shape, psf, area, sky, int(truth.meta["params"].get("oversample", 5))
+    )
