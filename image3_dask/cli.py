@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -231,6 +232,9 @@ def cmd_demo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``image3-dask`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Worker tracebacks are reported once, as one message, by the step that failed.
+    verbose = any(a in ("-v", "-vv", "--verbose") for a in argv)
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error" if verbose else "critical")
     argv, overrides = _split_step_overrides(argv)
     parser = _build_parser()
     args = parser.parse_args(argv)

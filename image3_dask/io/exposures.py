@@ -320,18 +320,15 @@ def read_pixels(
     region = region or (slice(None), slice(None))
     out: dict[str, np.ndarray | None] = {}
     try:
-        with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
+        # Sections read only the rows of the region from disk (no memory map: scaled integer
+        # extensions such as DQ with BZERO cannot be memory-mapped).
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             for name in ("data", *[a for a in arrays if a != "data"]):
                 ext = PIXEL_EXTENSIONS[name]
                 if ext not in hdul:
                     out[name] = None
                     continue
-                arr = (
-                    hdul[ext].section[region]
-                    if hasattr(hdul[ext], "section")
-                    else hdul[ext].data[region]
-                )
-                arr = np.asarray(arr)
+                arr = np.asarray(hdul[ext].section[region])
                 dtype = np.uint32 if name == "dq" else np.float32
                 out[name] = arr.astype(dtype, copy=True)
     except OSError as exc:

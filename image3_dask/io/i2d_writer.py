@@ -53,13 +53,12 @@ def _template_headers(model, arrays: list[str], workdir: Path):
             model.save(tmp, overwrite=True)
         with fits.open(tmp) as hdul:
             headers = [(hdu.name, hdu.header.copy()) for hdu in hdul if hdu.name != "ASDF"]
-            raw = hdul["ASDF"].data["ASDF_METADATA"][0].tobytes()
     finally:
         os.unlink(tmp)
-    with asdf.open(io.BytesIO(raw), _force_raw_types=True, lazy_load=False) as af:
-        tree = {k: v for k, v in af.tree.items() if k not in arrays and k != "_fits_hash"}
-        buf = io.BytesIO()
-        asdf.AsdfFile(tree).write_to(buf)
+    # The ASDF tree of the model itself (meta, gwcs with its binary blocks), without arrays.
+    tree = {k: v for k, v in model._instance.items() if k not in arrays and k != "_fits_hash"}
+    buf = io.BytesIO()
+    asdf.AsdfFile(tree).write_to(buf)
     return headers, buf.getvalue()
 
 

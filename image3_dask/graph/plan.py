@@ -1,0 +1,246 @@
+"""Planning shared by outlier detection and resample: output grid, tiles, pixel maps.
+
+The pixel map of every exposure onto the output grid is computed once, by one task per
+exposure, saved beside the work store, and read (memory-mapped, cropped) by every task that
+needs it: the single drizzles, the blot and the final drizzle. The official pipeline evaluates
+the gwcs of every pixel two to three times instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from image3_dask.algorithms.drizzle_tile import kernel_halo, n_ctx_planes
+from image3_dask.algorithms.grid import (
+    OutputGrid,
+    compute_output_grid,
+    grid_from_wcs,
+    pixel_scale_ratio_from_area,
+)
+from image3_dask.algorithms.pixmap import exposure_pixmap
+from image3_dask.algorithms.tiles import (
+    Tile,
+    auto_tile_shape,
+    footprint_bbox,
+    overlapping,
+    plan_tiles,
+)
+from image3_dask.graph.tasks import TaskSpec, run_tasks
+from image3_dask.io.exposures import ExposureInfo
+from image3_dask.io.mosaic_store import atomic_write_text, fingerprint
+from image3_dask.io.wcs_files import load_output_wcs
+
+log = logging.getLogger("image3_dask")
+
+__all__ = ["MosaicPlan", "PixmapRef", "wcs_fingerprint", "output_grid", "make_plan"]
+
+
+@dataclass(frozen=True)
+class PixmapRef:
+    """Where an exposure's pixel map is stored and what part of the grid it covers."""
+
+    index: int
+    path: Path
+    bbox: tuple[float, float, float, float] | None  # xmin, xmax, ymin, ymax (output pixels)
+
+
+@dataclass
+class MosaicPlan:
+    """Output grid, tiles, and which exposures reach which tile."""
+
+    grid: OutputGrid
+    tiles: list[Tile]
+    halo: int
+    pixmaps: dict[int, PixmapRef]
+    overlaps: dict[str, list[int]] = field(default_factory=dict)
+    grid_fp: str = ""
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        """Shape of a full tile (the chunk shape of the stores)."""
+        t = self.tiles[0]
+        return (t.y1 - t.y0, t.x1 - t.x0)
+
+
+def wcs_fingerprint(wcs, shape: tuple[int, int]) -> str:
+    """Fingerprint of a WCS from its world coordinates at 9 points (full precision)."""
+    ny, nx = shape
+    xs = np.array([0, nx / 2, nx - 1] * 3, float)
+    ys = np.repeat([0, ny / 2, ny - 1], 3).astype(float)
+    ra, dec = wcs(xs, ys)
+    return hashlib.sha256(np.concatenate([ra, dec]).astype(np.float64).tobytes()).hexdigest()[:24]
+
+
+def output_grid(exposures: list[ExposureInfo], params: dict) -> OutputGrid:
+    """The output grid for resample-like ``params`` (jwst parameter names), checked for size."""
+    names = [e.name for e in exposures]
+    max_pixels = params.get("max_output_pixels")
+    if params.get("output_wcs"):
+        wcs, extra = load_output_wcs(params["output_wcs"])
+        shape = params.get("output_shape")
+        grid = grid_from_wcs(
+            wcs,
+            shape=(shape[1], shape[0]) if shape else None,
+            pixel_scale=extra.get("pixel_scale"),
+        )
+        if grid.pixel_scale_ratio is None and exposures[0].meta.get("pixelarea_steradians"):
+            from dataclasses import replace
+
+            grid = replace(
+                grid,
+                pixel_scale_ratio=pixel_scale_ratio_from_area(
+                    grid.pixel_scale, exposures[0].meta["pixelarea_steradians"]
+                ),
+            )
+        return grid
+    sregions = [e.meta.get("s_region") for e in exposures]
+    shape = params.get("output_shape")
+    return compute_output_grid(
+        [e.wcs for e in exposures],
+        [e.shape for e in exposures],
+        ref_wcsinfo=exposures[0].wcsinfo or None,
+        sregions=sregions if all(sregions) else None,
+        pixel_scale_ratio=params.get("pixel_scale_ratio", 1.0) or 1.0,
+        pixel_scale=params.get("pixel_scale"),
+        rotation=params.get("rotation"),
+        crpix=params.get("crpix"),
+        crval=params.get("crval"),
+        output_shape=(shape[1], shape[0]) if shape else None,
+        names=names,
+        max_pixels=max_pixels,
+    )
+
+
+def _compute_pixmap(info: ExposureInfo, grid_wcs, path: Path, stepsize: float, order: int):
+    """Task: compute and save an exposure's pixel map; return its output bounding box."""
+    pm = exposure_pixmap(info.wcs, grid_wcs, info.shape, stepsize=stepsize, order=order)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, pm)
+    tmp.replace(path)
+    return _bbox_of(pm)
+
+
+def _bbox_of(pm: np.ndarray):
+    x = pm[..., 0]
+    y = pm[..., 1]
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return None
+    return (float(x[ok].min()), float(x[ok].max()), float(y[ok].min()), float(y[ok].max()))
+
+
+def _worker_memory(client) -> int | None:
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    except TypeError:  # older distributed
+        workers = client.scheduler_info()["workers"].values()
+    limits = [w.get("memory_limit") or 0 for w in workers]
+    threads = [max(1, w.get("nthreads", 1)) for w in workers]
+    per_thread = [m // t for m, t in zip(limits, threads, strict=True) if m]
+    return min(per_thread) if per_thread else None
+
+
+def make_plan(ctx, exposures: list[ExposureInfo], params: dict, stage: str) -> MosaicPlan:
+    """Compute grid and tiles, and the pixel map of every exposure (one task each).
+
+    Plans are cached in ``ctx.shared`` by grid and WCS fingerprints, so that outlier detection
+    and resample share the pixel maps when they use the same grid.
+    """
+    grid = output_grid(exposures, params)
+    grid_fp = fingerprint({"grid": grid.to_dict() if hasattr(grid, "to_dict") else str(grid)})
+    key = (
+        grid_fp,
+        tuple(wcs_fingerprint(e.wcs, e.shape) for e in exposures),
+        params.get("pixmap_stepsize", 1.0),
+        params.get("pixmap_order", 1),
+    )
+    cache = ctx.shared.setdefault("plans", {})
+    halo = kernel_halo(
+        params.get("kernel", "square"), params.get("pixfrac", 1.0), grid.pixel_scale_ratio or 1.0
+    )
+    if key in cache:
+        base: MosaicPlan = cache[key]
+        pixmaps = base.pixmaps
+    else:
+        folder = ctx.work_dir / "pixmaps" / grid_fp
+        stepsize = float(params.get("pixmap_stepsize", 1.0) or 1.0)
+        order = int(params.get("pixmap_order", 1) or 1)
+        tasks, paths = [], []
+        for e in exposures:
+            path = folder / f"{e.index:04d}_{e.name}_{key[1][e.index]}.npy"
+            paths.append(path)
+            tasks.append(
+                TaskSpec(
+                    "pixmap-exposure", e.name, _compute_pixmap, (e, grid.wcs, path, stepsize, order)
+                )
+            )
+        bboxes = run_tasks(
+            ctx.client, tasks, ctx.token, label=f"{stage}: pixel maps", progress=ctx.progress
+        )
+        pixmaps = {
+            e.index: PixmapRef(e.index, p, b)
+            for e, p, b in zip(exposures, paths, bboxes, strict=True)
+        }
+        atomic_write_text(folder / "grid.json", str(grid_fp))
+    tile_shape = params.get("tile_shape")
+    if tile_shape:
+        tile_shape = (int(tile_shape[0]), int(tile_shape[1]))
+    else:
+        depth = _max_depth(grid, [p.bbox for p in pixmaps.values()])
+        mem = _worker_memory(ctx.client) or 4 * 2**30
+        tile_shape = auto_tile_shape(
+            mem,
+            grid.shape,
+            depth,
+            halo=halo,
+            pixel_scale_ratio=grid.pixel_scale_ratio or 1.0,
+            n_ctx_planes=n_ctx_planes(len(exposures)),
+        )
+    tiles = plan_tiles(grid.shape, tile_shape)
+    overlaps = {
+        t.name: [
+            i
+            for i, p in sorted(pixmaps.items())
+            if p.bbox is not None and overlapping(p.bbox, t, halo)
+        ]
+        for t in tiles
+    }
+    plan = MosaicPlan(
+        grid=grid, tiles=tiles, halo=halo, pixmaps=pixmaps, overlaps=overlaps, grid_fp=grid_fp
+    )
+    cache[key] = plan
+    log.info(
+        "%s grid %d x %d pixels, %d tiles of %d x %d, halo %d",
+        stage,
+        grid.shape[1],
+        grid.shape[0],
+        len(tiles),
+        tile_shape[1],
+        tile_shape[0],
+        halo,
+    )
+    return plan
+
+
+def _max_depth(grid: OutputGrid, bboxes) -> int:
+    """Largest number of exposure footprints over any point of a coarse grid."""
+    ny, nx = grid.shape
+    step = max(1, max(ny, nx) // 64)
+    depth = np.zeros((ny // step + 1, nx // step + 1), np.int32)
+    for b in bboxes:
+        if b is None:
+            continue
+        x0, x1, y0, y1 = (int(max(0, v) // step) for v in b)
+        depth[y0 : y1 + 1, x0 : x1 + 1] += 1
+    return max(1, int(depth.max()))
+
+
+def exposures_footprint_bbox(exposures: list[ExposureInfo], grid: OutputGrid):
+    """Bounding boxes of the exposures on the grid from their edges (no pixel map needed)."""
+    return [footprint_bbox(e.wcs, e.shape, grid.wcs) for e in exposures]
