@@ -31,6 +31,12 @@ File format (``"format": "image3-dask-simulation-truth"``, ``"version": 1``)::
       ]
     }
 
+Cosmic rays are residual (undetected) hits: they are not flagged in DQ and do not change ERR;
+pixels of bad or reference pixels are not hit. Bad pixels are a property of the detector
+(identical in all its exposures); ``ExposureTruth.bad_pixels`` repeats them for convenience.
+MIRI reference columns (4 on each side) and NIRCam reference pixels (4 on each edge) are
+``DO_NOT_USE | REFERENCE_PIXEL`` with NaN in SCI/ERR/VAR_*.
+
 The pointing error moves the reference point by ``dra_arcsec`` (on the sky, i.e. already times
 ``cos(dec)``) and ``ddec_arcsec`` and the roll by ``droll_arcsec``: at the reference pixel the
 written WCS gives ``ra_ref + dra/cos(dec)/3600, dec_ref + ddec/3600``.

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import asdf
 import numpy as np
 from astropy.time import Time
 from stdatamodels.jwst import datamodels
@@ -248,7 +249,6 @@ def write_cal(
 
         for key, value in meta.dither.items():
             setattr(m.dither, key, value)
-        m.background.subtracted = False
         m.asn.pool_name = meta.asn_pool
         m.asn.table_name = meta.asn_table
         for step in _CAL_STEPS[inst.name].split():
@@ -258,8 +258,11 @@ def write_cal(
             m.cal_step.persistence = "SKIPPED"
             m.cal_step.ipc = "SKIPPED"
         m.wcs = wcs
-        model.validate()
-        model.save(path, overwrite=True)
+        # ``save`` validates the model against its schema; skip asdf's second validation of
+        # the serialized tree (the gwcs), which costs more than everything else here
+        with asdf.config_context() as cfg:
+            cfg.validate_on_write = False
+            model.save(path, overwrite=True)
     finally:
         model.close()
     return path
