@@ -202,6 +202,7 @@ def make_plan(ctx, exposures: list[ExposureInfo], params: dict, stage: str) -> M
             pixel_scale_ratio=grid.pixel_scale_ratio or 1.0,
             n_ctx_planes=n_ctx_planes(len(exposures)),
         )
+        tile_shape = _enough_tiles(tile_shape, grid.shape, _total_threads(ctx.client))
     tiles = plan_tiles(grid.shape, tile_shape)
     overlaps = {
         t.name: [
@@ -226,6 +227,25 @@ def make_plan(ctx, exposures: list[ExposureInfo], params: dict, stage: str) -> M
         halo,
     )
     return plan
+
+
+def _total_threads(client) -> int:
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # a client without workers yet
+        return 1
+
+
+def _enough_tiles(tile_shape, grid_shape, threads: int, per_thread: int = 4, min_side: int = 256):
+    """Shrink memory-derived tiles so every worker thread gets several (never below ``min_side``).
+
+    Tiles are the unit of parallelism: one tile for the whole mosaic would leave all workers
+    but one idle. Sides stay multiples of 64.
+    """
+    ny, nx = grid_shape
+    side = int(np.sqrt(ny * nx / float(per_thread * threads)))
+    side = max(min_side, side - side % 64)
+    return (min(tile_shape[0], side, ny), min(tile_shape[1], side, nx))
 
 
 def _max_depth(grid: OutputGrid, bboxes) -> int:

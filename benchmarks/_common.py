@@ -1,0 +1,84 @@
+"""Shared helpers of the benchmarks: cached simulated data, timed runs, peak memory per process.
+
+Peak memory is the maximum resident set size of each process over its life
+(``getrusage(...).ru_maxrss``): for our runs, of every worker process of a fresh local cluster;
+for the official pipeline, of the subprocess that runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = Path(os.environ.get("IMAGE3_BENCH_DIR", ROOT / "bench_output"))
+
+OFFLINE_ENV = {
+    "STPIPE_DISABLE_CRDS_STEPPARS": "True",
+    "CRDS_SERVER_URL": "https://localhost:1",
+    "CRDS_PATH": str(OUT / "crds_cache"),
+}
+
+
+def dataset(name: str, **kwargs) -> Path:
+    """Simulate once (cached by name) and return the association path."""
+    from image3_dask.simulate import simulate
+
+    folder = OUT / "data" / name
+    asn = folder / "asn.json"
+    if not asn.exists():
+        t0 = time.perf_counter()
+        simulate(out_dir=folder, **kwargs)
+        print(f"simulated {name} in {time.perf_counter() - t0:.1f} s", flush=True)
+    return asn
+
+
+def maxrss_mb() -> float:
+    """Peak RSS of the calling process in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_official(code: str, label: str) -> dict:
+    """Run Python ``code`` (which must print one JSON line) in a fresh offline subprocess."""
+    env = {**os.environ, **OFFLINE_ENV}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{label} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_process"] = wall
+    return result
+
+
+def run_ours(asn: Path, out: Path, steps: dict, n_workers: int, memory_limit: str = "auto", **kw) -> dict:
+    """Run image3-dask on a fresh local cluster; time it and read every worker's peak RSS."""
+    import shutil
+
+    from distributed import Client, LocalCluster
+
+    from image3_dask.pipeline.image3 import Image3Pipeline
+
+    shutil.rmtree(out, ignore_errors=True)
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                      memory_limit=memory_limit, dashboard_address=":0") as cluster, Client(cluster) as client:
+        client.run(lambda: None)
+        t0 = time.perf_counter()
+        products = Image3Pipeline.call(asn, output_dir=out, steps=steps, client=client, progress=False, **kw)
+        wall = time.perf_counter() - t0
+        peaks = client.run(maxrss_mb)
+    return {"wall": wall, "worker_peak_mb": max(peaks.values()), "products": products,
+            "timings": products.get("timings", {})}
+
+
+def write_result(name: str, result: dict) -> Path:
+    """Save a benchmark's numbers as JSON in the benchmark folder."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2, default=str))
+    return path
