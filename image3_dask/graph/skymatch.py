@@ -1,0 +1,234 @@
+"""The skymatch step as a graph: sky statistics per exposure in parallel, then one small solve.
+
+1. On the client: each exposure's bounding polygon on the sky (``stepsize``) and its
+   neighbours (the other exposure groups whose polygons touch it); WCS only, no pixels.
+2. ``skymatch-stats <exposure>`` (one task per exposure): the worker reads only that
+   exposure's SCI and DQ, selects the good pixels (``dqbits``, ``lower``/``upper``) and
+   computes the sky statistic (``skystat``, ``nclip``, ``lsigma``, ``usigma``, ``binwidth``)
+   in its overlap with each neighbouring group (for ``match``) and over the whole frame
+   (for ``local``/``global``/``global+match``).
+3. ``skymatch-solve <product>`` (one small task): the official least-squares match of the
+   overlap statistics and the ``local``/``global`` rules, with ``match_down``.
+
+``skymethod='user'`` takes the levels from ``skylist`` (``<image name> <sky value>`` lines)
+without any task.
+
+How the result is represented (inputs are never modified)
+---------------------------------------------------------
+jwst records ``meta.background.level``; with ``subtract=False`` it sets
+``meta.background.subtracted=False`` and resample subtracts the level from the pixels it
+drizzles; with ``subtract=True`` it subtracts the level from the exposure's SCI array and sets
+``subtracted=True``. Here the cal files are not rewritten, so in both cases the exposure gets
+``background_level=<level>`` and ``background_subtracted=False``: the level is still to be
+subtracted from the pixels of ``info.path``, and every consumer (``DrizzleInput`` in resample
+and outlier detection, the outlier flagging's ``backg``) subtracts it, which gives the pixels
+jwst drizzles and flags in both cases. What jwst writes in ``meta.background`` of the
+products is kept in ``info.meta["background"]`` (``level``, ``subtracted`` = the ``subtract``
+parameter, ``method``), with ``info.meta["background_method"]`` and
+``info.meta["cal_step_skymatch"]`` (``COMPLETE``/``SKIPPED``). A step that writes an
+exposure's pixels (the ``_crf`` files) with ``meta["background"]["subtracted"]`` true writes
+``data - background_level`` and then marks that file ``background_subtracted=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from image3_dask.errors import ConfigError, InputError
+from image3_dask.graph.tasks import TaskSpec, run_tasks
+from image3_dask.io.catalog_files import file_root, read_skylist, read_whole_pixels
+from image3_dask.io.exposures import ExposureInfo
+
+log = logging.getLogger("image3_dask")
+
+__all__ = ["run", "solve_task", "stats_task"]
+
+_STAT_PARAMS = ("skystat", "lower", "upper", "nclip", "lsigma", "usigma", "binwidth")
+
+
+def stats_task(path, wcs: Any, footprint: Any, neighbours: dict, params: dict, full_frame: bool):
+    """Task: sky statistics of one exposure, over the frame and in each neighbour's overlap.
+
+    Parameters
+    ----------
+    path : Path
+        The exposure file (only its SCI and DQ are read).
+    wcs : gwcs.WCS
+        The exposure's WCS (as corrected by tweakreg).
+    footprint : SphericalPolygon
+        The exposure's bounding polygon.
+    neighbours : dict
+        Neighbouring group id -> footprints of that group's exposures.
+    params : dict
+        ``dqbits`` and the statistic options.
+    full_frame : bool
+        Also compute the whole-frame statistic.
+
+    Returns
+    -------
+    image3_dask.algorithms.skymatch.ExposureSkyStats
+        Small: one value, pixel count and area per region.
+    """
+    from image3_dask.algorithms.skymatch import exposure_sky_stats
+    from image3_dask.algorithms.skystats import good_pixel_mask
+
+    pix = read_whole_pixels(path, ("data", "dq"))
+    mask = good_pixel_mask(pix.data, pix.dq, params.get("dqbits"))
+    return exposure_sky_stats(
+        pix.data,
+        mask,
+        wcs,
+        neighbours,
+        footprint=footprint,
+        stepsize=params.get("stepsize"),
+        full_frame=full_frame,
+        **{k: params[k] for k in _STAT_PARAMS},
+    )
+
+
+def solve_task(stats: dict, units: dict, skymethod: str, match_down: bool) -> dict:
+    """Task: sky level of every exposure from the statistics (see ``solve_sky``)."""
+    from image3_dask.algorithms.skymatch import solve_sky
+
+    return solve_sky(stats, units, skymethod=skymethod, match_down=match_down)
+
+
+def _check_previous(exposures: list[ExposureInfo], subtract: bool) -> None:
+    """jwst refuses to re-run skymatch with a ``subtract`` different from the previous run's."""
+    for e in exposures:
+        if e.background_subtracted and e.background_level is None:
+            raise InputError(
+                f"{e.path}: background level was subtracted but the 'level' property is "
+                "undefined (None)"
+            )
+        if e.background_subtracted and not subtract:
+            raise ConfigError(
+                f"skymatch.subtract=false is inconsistent with {e.path}, whose background was "
+                "already subtracted (meta.background.subtracted=true)"
+            )
+
+
+def _apply(
+    exposures: list[ExposureInfo],
+    levels: dict[int, tuple[float, bool]],
+    method: str,
+    subtract: bool,
+) -> list[ExposureInfo]:
+    out = []
+    for e in exposures:
+        level, valid = levels[e.index]
+        if not valid:
+            out.append(e.evolve(meta={**e.meta, "cal_step_skymatch": "SKIPPED"}))
+            continue
+        # level already subtracted from the file's pixels by an earlier run (subtract=true)
+        done = float(e.background_level) if e.background_subtracted else 0.0
+        meta = {
+            **e.meta,
+            "background": {"level": done + level, "subtracted": bool(subtract), "method": method},
+            "background_method": method,
+            "cal_step_skymatch": "COMPLETE",
+        }
+        out.append(e.evolve(background_level=float(level), background_subtracted=False, meta=meta))
+    return out
+
+
+def _user_levels(cfg: dict, exposures: list[ExposureInfo]) -> dict[int, tuple[float, bool]]:
+    skylist = cfg.get("skylist")
+    if not skylist:
+        raise ConfigError("skymatch.skymethod='user' needs a sky value file: set skymatch.skylist")
+    values = read_skylist(skylist)
+    if len(values) != len(exposures):
+        raise InputError(
+            f"{skylist}: number of entries in skylist ({len(values)}) does not match the "
+            f"number of input images ({len(exposures)})"
+        )
+    out = {}
+    for e in exposures:
+        root = file_root(e.path.name)
+        if root not in values and e.name in values:
+            root = e.name
+        if root not in values:
+            raise InputError(f"{skylist}: image with stem '{root}' not found in the skylist")
+        out[e.index] = (values[root], True)
+    return out
+
+
+def run(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
+    """The skymatch step: per-exposure statistics in parallel, one solve, levels in the infos.
+
+    Parameters
+    ----------
+    ctx : RunContext
+        The run (client, parameters).
+    exposures : list of ExposureInfo
+        The exposures, in association order.
+
+    Returns
+    -------
+    list of ExposureInfo
+        The exposures with ``background_level``, ``background_subtracted`` and
+        ``meta['background']`` set (see the module docstring).
+    """
+    from image3_dask.algorithms.skymatch import find_neighbours, sky_footprint
+
+    cfg = dict(ctx.config["skymatch"])
+    method = cfg["skymethod"]
+    subtract = bool(cfg["subtract"])
+    _check_previous(exposures, subtract)
+    if method == "user":
+        log.info(
+            "Setting sky background of input images to user-provided values from `skylist` (%s).",
+            cfg.get("skylist"),
+        )
+        levels = _user_levels(cfg, exposures)
+    else:
+        footprints = {
+            e.index: sky_footprint(e.wcs, e.shape, cfg.get("stepsize")) for e in exposures
+        }
+        units = {e.index: e.group_id for e in exposures}
+        neighbours = find_neighbours(footprints, units)
+        params = {k: cfg.get(k) for k in (*_STAT_PARAMS, "dqbits", "stepsize")}
+        full = method != "match"
+        tasks = [
+            TaskSpec(
+                "skymatch-stats",
+                e.name,
+                stats_task,
+                (e.path, e.wcs, footprints[e.index], neighbours[e.index], params, full),
+            )
+            for e in exposures
+        ]
+        results = run_tasks(
+            ctx.client, tasks, ctx.token, label="skymatch: statistics", progress=ctx.progress
+        )
+        stats = {e.index: r for e, r in zip(exposures, results, strict=True)}
+        spec = TaskSpec(
+            "skymatch-solve",
+            ctx.product_name,
+            solve_task,
+            (stats, units, method, bool(cfg["match_down"])),
+        )
+        (solved,) = run_tasks(
+            ctx.client, [spec], ctx.token, label="skymatch: solve", progress=ctx.progress
+        )
+        levels = {i: (lv.level, lv.valid) for i, lv in solved.items()}
+    out = _apply(exposures, levels, method, subtract)
+    report = {
+        "skymethod": method,
+        "subtract": subtract,
+        "exposures": {
+            e.name: {
+                "level": levels[e.index][0] if levels[e.index][1] else None,
+                "status": e.meta["cal_step_skymatch"],
+            }
+            for e in out
+        },
+    }
+    for e in out:
+        if e.meta["cal_step_skymatch"] == "SKIPPED":
+            log.warning("skymatch: unable to compute the sky of %s; it is left unchanged", e.name)
+        else:
+            log.info("skymatch: %s sky = %.6g (%s)", e.name, e.background_level, method)
+    ctx.products["skymatch"] = report
+    return out

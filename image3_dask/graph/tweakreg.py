@@ -1,0 +1,532 @@
+"""The tweakreg step as a graph: a source catalog per exposure in parallel, then one alignment task.
+
+1. ``tweakreg-catalog <exposure>`` (one task per exposure): the worker reads the exposure's SCI,
+   DQ and ERR arrays itself, finds sources with the official parameters
+   (:func:`image3_dask.algorithms.tweakreg_catalog.make_tweakreg_catalog`), or reads the
+   user's catalog (``use_custom_catalogs`` with ``catfile`` or the association's
+   ``tweakreg_catalog`` entries), drops sources outside the WCS bounding box and, with
+   ``save_catalogs``, writes ``<input file stem>_cat.<catalog_format>`` in the output folder
+   (the name jwst gives it). Only the catalog (a few hundred rows) travels back.
+2. ``tweakreg-align <product>`` (one small task): relative alignment of the exposure groups
+   (``align_mode``: ``official`` = jwst's reference-group mode, ``global`` = all groups together
+   from every overlapping pair, ``auto`` = global when the groups do not all overlap one
+   another), then absolute alignment to ``abs_refcat`` when it names a catalog file.
+3. On the client: each exposure whose fit succeeded gets its corrected gwcs and the
+   ``s_region`` jwst recomputes after tweakreg (``update_s_region_imaging``: footprint of the
+   bounding box with ``center=False``); the fit of every exposure is recorded in
+   ``ctx.products["tweakreg"]`` and, with ``save_results``, in ``<product>_tweakreg.json``.
+
+Exposures that could not be aligned (too few sources or matches, no overlap) keep their WCS
+with a warning; with fewer than two groups and no ``abs_refcat`` the step is skipped, as jwst
+does. ``abs_refcat`` naming a Gaia catalog is refused (it needs the network).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.table import Table
+
+from image3_dask.errors import ConfigError
+from image3_dask.graph.tasks import TaskSpec, run_tasks
+from image3_dask.io.catalog_files import (
+    GAIA_CATALOGS,
+    catalog_output_name,
+    parse_catfile,
+    read_refcat,
+    read_source_catalog,
+    read_whole_pixels,
+    write_catalog,
+)
+from image3_dask.io.exposures import ExposureInfo
+
+log = logging.getLogger("image3_dask")
+
+__all__ = [
+    "CATALOG_PARAMS",
+    "align_task",
+    "catalog_params",
+    "catalog_task",
+    "custom_catalogs",
+    "run",
+    "s_region_imaging",
+]
+
+#: Step parameters passed to the source finder.
+CATALOG_PARAMS = (
+    "starfinder",
+    "snr_threshold",
+    "kernel_fwhm",
+    "bkg_boxsize",
+    "minsep_fwhm",
+    "sigma_radius",
+    "sharplo",
+    "sharphi",
+    "roundlo",
+    "roundhi",
+    "brightest",
+    "peakmax",
+    "npixels",
+    "connectivity",
+    "nlevels",
+    "contrast",
+    "multithresh_mode",
+    "localbkg_width",
+    "apermask_method",
+    "kron_params",
+    "deblend",
+)
+_REL_PARAMS = (
+    "searchrad",
+    "separation",
+    "use2dhist",
+    "tolerance",
+    "xoffset",
+    "yoffset",
+    "enforce_user_order",
+    "expand_refcat",
+    "minobj",
+    "fitgeometry",
+    "nclip",
+    "sigma",
+)
+_GLOBAL_PARAMS = (
+    "searchrad",
+    "separation",
+    "use2dhist",
+    "tolerance",
+    "xoffset",
+    "yoffset",
+    "minobj",
+    "fitgeometry",
+    "nclip",
+    "sigma",
+)
+_ABS_PARAMS = (
+    "abs_searchrad",
+    "abs_separation",
+    "abs_use2dhist",
+    "abs_tolerance",
+    "abs_minobj",
+    "abs_fitgeometry",
+    "abs_nclip",
+    "abs_sigma",
+)
+
+
+def catalog_params(cfg: dict) -> dict:
+    """The source-finder options implied by the step's parameters."""
+    out = {k: cfg[k] for k in CATALOG_PARAMS if k in cfg}
+    if out.get("connectivity") is not None:
+        out["connectivity"] = int(out["connectivity"])
+    return out
+
+
+def _bbox(wcs: Any) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """``((xmin, xmax), (ymin, ymax))`` of a gwcs bounding box, or `None`."""
+    bb = getattr(wcs, "bounding_box", None)
+    if bb is None:
+        return None
+    try:
+        return tuple(tuple(float(v) for v in b) for b in bb.bounding_box(order="F"))
+    except AttributeError:
+        return tuple(tuple(float(v) for v in b) for b in bb)
+
+
+def catalog_task(
+    path: Path,
+    name: str,
+    params: dict,
+    bbox: tuple | None,
+    custom: str | None = None,
+    save_to: Path | None = None,
+    catalog_format: str = "ecsv",
+) -> Table:
+    """Task: the source catalog of one exposure (found, or read from a custom file).
+
+    Parameters
+    ----------
+    path : Path
+        The exposure file (read by this task).
+    name : str
+        Catalog name (for the alignment log messages).
+    params : dict
+        Source-finder options (:func:`catalog_params`).
+    bbox : tuple or None
+        ``((xmin, xmax), (ymin, ymax))`` of the WCS; sources outside are dropped.
+    custom : str, optional
+        A user catalog to read instead of finding sources.
+    save_to : Path, optional
+        Where to write the catalog (``save_catalogs``; never for custom catalogs).
+    catalog_format : {'ecsv', 'fits'}
+        Format of the saved catalog.
+
+    Returns
+    -------
+    astropy.table.Table
+        ``x``, ``y`` (0-based pixels) and the other columns of the catalog.
+    """
+    from image3_dask.algorithms.tweakreg_catalog import (
+        coverage_mask_from_dq,
+        filter_catalog_by_bounding_box,
+        make_tweakreg_catalog,
+    )
+
+    if custom:
+        cat = read_source_catalog(custom)
+    else:
+        pix = read_whole_pixels(path, ("data", "dq", "err"))
+        cat = make_tweakreg_catalog(pix.data, coverage_mask_from_dq(pix.dq), err=pix.err, **params)
+    if len(cat):
+        cat = filter_catalog_by_bounding_box(cat, bbox)
+    cat.meta["name"] = name
+    if save_to is not None and not custom:
+        write_catalog(cat, save_to, catalog_format)
+    return cat
+
+
+class _Capture(logging.Handler):
+    """Collects warnings logged while a task runs, to show them on the client."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def align_task(
+    catalogs: list[Table],
+    wcses: list[Any],
+    wcsinfos: list[dict],
+    group_ids: list[str],
+    names: list[str],
+    *,
+    align_mode: str,
+    params: dict,
+    refcat: Table | None = None,
+) -> dict:
+    """Task: relative (then absolute) alignment of all exposures from their catalogs.
+
+    Parameters
+    ----------
+    catalogs, wcses, wcsinfos, group_ids, names : list
+        Per exposure, in association order.
+    align_mode : {'auto', 'global', 'official'}
+        Relative alignment mode (see the module docstring).
+    params : dict
+        The tweakreg step parameters.
+    refcat : astropy.table.Table, optional
+        Reference catalog for absolute alignment.
+
+    Returns
+    -------
+    dict
+        ``wcs`` (per exposure: the corrected gwcs, or `None` when unchanged), ``fit_info``
+        (per exposure), ``mode`` (``relative``/``global``/``none``), ``absolute`` (bool or
+        `None` when not attempted), ``success`` and ``warnings`` (messages logged).
+    """
+    from image3_dask.algorithms.align import (
+        absolute_align,
+        choose_mode,
+        global_align,
+        relative_align,
+    )
+
+    capture = _Capture()
+    loggers = [logging.getLogger(n) for n in ("image3_dask", "tweakwcs", "stcal")]
+    for lg in loggers:
+        lg.addHandler(capture)
+    try:
+        n_groups = len(set(group_ids))
+        current = list(wcses)
+        fit_info: list[dict] = [{"status": "FAILED: not aligned", "group_id": g} for g in group_ids]
+        mode = "none"
+        rel_ok = False
+        if n_groups > 1:
+            mode = align_mode
+            if mode == "auto":
+                groups: dict[str, list] = {}
+                for w, g in zip(wcses, group_ids, strict=True):
+                    groups.setdefault(g, []).append(np.asarray(w.footprint(), float))
+                mode = "official" if choose_mode(list(groups.values())) == "relative" else "global"
+            if mode == "global":
+                res = global_align(
+                    catalogs,
+                    wcses,
+                    wcsinfos,
+                    group_ids,
+                    names=names,
+                    **{k: params[k] for k in _GLOBAL_PARAMS},
+                )
+            else:
+                kw = {k: params[k] for k in _REL_PARAMS}
+                if refcat is not None:
+                    kw["expand_refcat"] = True  # as jwst does when an abs_refcat is given
+                res = relative_align(catalogs, wcses, wcsinfos, group_ids, names=names, **kw)
+            rel_ok = res.success
+            if res.success:
+                current = list(res.wcs)
+                fit_info = [dict(fi) for fi in res.fit_info]
+        absolute = None
+        if refcat is not None:
+            res = absolute_align(
+                catalogs,
+                current,
+                wcsinfos,
+                refcat,
+                group_ids=group_ids,
+                names=names,
+                **{k: params[k] for k in _ABS_PARAMS},
+            )
+            absolute = res.success
+            if not res.success:  # jwst then leaves every exposure unchanged
+                return {
+                    "wcs": [None] * len(wcses),
+                    "fit_info": [dict(fi) for fi in res.fit_info],
+                    "mode": mode,
+                    "absolute": False,
+                    "success": False,
+                    "warnings": capture.messages,
+                }
+            for i, fi in enumerate(res.fit_info):
+                if fi.get("status") == "SUCCESS":
+                    current[i] = res.wcs[i]
+                    fit_info[i] = {**fi, "relative_status": fit_info[i].get("status")}
+        success = rel_ok or bool(absolute)
+        out_wcs = [
+            w if success and fi.get("status") == "SUCCESS" else None
+            for w, fi in zip(current, fit_info, strict=True)
+        ]
+        return {
+            "wcs": out_wcs,
+            "fit_info": fit_info,
+            "mode": mode,
+            "absolute": absolute,
+            "success": success,
+            "warnings": capture.messages,
+        }
+    finally:
+        for lg in loggers:
+            lg.removeHandler(capture)
+
+
+def s_region_imaging(wcs: Any, shape: tuple[int, int]) -> str | None:
+    """``S_REGION`` of an imaging exposure as jwst's ``update_s_region_imaging`` computes it.
+
+    The footprint of the WCS bounding box (or of the array when there is none) with
+    ``center=False``, RA wrapped to [0, 360); `None` when a corner is not finite.
+    """
+    bbox = getattr(wcs, "bounding_box", None)
+    if bbox is None:
+        bbox = ((-0.5, shape[-1] - 0.5), (-0.5, shape[-2] - 0.5))
+    fp = np.asarray(wcs.footprint(bbox, center=False, axis_type="spatial"), float).T[:2, :]
+    np.mod(fp[0], 360, out=fp[0])
+    s = "POLYGON ICRS  " + " ".join(f"{v:.9f}" for v in fp.T.flatten())
+    return None if "nan" in s else s
+
+
+def custom_catalogs(ctx, cfg: dict, exposures: list[ExposureInfo]) -> dict[int, str | None]:
+    """Exposure index -> custom catalog path, from ``catfile`` or the association.
+
+    Returns an empty dictionary when custom catalogs are not used (or the ``catfile`` lists
+    none, in which case jwst turns them off with a warning).
+    """
+    if not cfg.get("use_custom_catalogs"):
+        return {}
+    catfile = (cfg.get("catfile") or "").strip()
+    entries: dict[str, str | None] = {}
+    if catfile:
+        entries = parse_catfile(catfile)
+        if not any(v for v in entries.values()):
+            log.warning(
+                "'use_custom_catalogs' is set to True but 'catfile' contains no user catalogs. "
+                "Turning on built-in catalog creation."
+            )
+            return {}
+    else:
+        raw = ctx.asn.raw or {}
+        base = ctx.asn.path.parent if ctx.asn.path is not None else Path(".")
+        for product in raw.get("products", [])[:1]:
+            for m in product.get("members", []):
+                if "tweakreg_catalog" in m:
+                    cat = m.get("tweakreg_catalog")
+                    entries[Path(m["expname"]).name] = (
+                        str(base / cat) if cat and str(cat).strip() else None
+                    )
+    out: dict[int, str | None] = {}
+    for info in exposures:
+        names = (info.path.name, (info.source_path or info.path).name)
+        for key, cat in entries.items():
+            if Path(key).name in names:
+                out[info.index] = cat
+                break
+    return out
+
+
+def _refcat(cfg: dict) -> Table | None:
+    value = (cfg.get("abs_refcat") or "").strip()
+    if not value or value.lower() == "none":
+        return None
+    if value.upper() in GAIA_CATALOGS:
+        raise ConfigError(
+            f"tweakreg.abs_refcat={value}: aligning to a Gaia catalog needs the network "
+            "(the official step queries the STScI catalog service), which image3-dask does not "
+            "use; pass the path of a catalog file (ECSV or FITS table with RA/Dec columns) instead"
+        )
+    return read_refcat(value)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def _record(ctx, cfg: dict, report: dict) -> None:
+    report = _jsonable(report)
+    ctx.products["tweakreg"] = report
+    if cfg.get("save_results", True):
+        path = ctx.product_path("tweakreg", "json")
+        path.write_text(json.dumps(report, indent=1) + "\n")
+        ctx.products["tweakreg_json"] = path
+
+
+def run(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
+    """The tweakreg step: catalogs in parallel, one alignment task, corrected gwcs per exposure.
+
+    Parameters
+    ----------
+    ctx : RunContext
+        The run (client, parameters, output folder).
+    exposures : list of ExposureInfo
+        The exposures, in association order.
+
+    Returns
+    -------
+    list of ExposureInfo
+        The exposures, with ``wcs`` and ``meta['s_region']`` updated where the fit succeeded
+        and ``meta['cal_step_tweakreg']`` set to ``COMPLETE`` or ``SKIPPED``.
+    """
+    cfg = dict(ctx.config["tweakreg"])
+    refcat = _refcat(cfg)  # fail on a bad abs_refcat before any work
+    group_ids = [e.group_id for e in exposures]
+    n_groups = len(set(group_ids))
+    base_report = {
+        "align_mode": cfg["align_mode"],
+        "n_groups": n_groups,
+        "abs_refcat": (cfg.get("abs_refcat") or "").strip() or None,
+    }
+
+    def skipped(message: str) -> list[ExposureInfo]:
+        log.warning(message)
+        _record(ctx, cfg, {**base_report, "status": "SKIPPED", "message": message})
+        return [e.evolve(meta={**e.meta, "cal_step_tweakreg": "SKIPPED"}) for e in exposures]
+
+    if refcat is None and not cfg["save_catalogs"] and n_groups == 1:
+        return skipped(
+            "At least two exposures are required for image alignment. "
+            "Nothing to do. Skipping 'TweakRegStep'..."
+        )
+
+    custom = custom_catalogs(ctx, cfg, exposures)
+    params = catalog_params(cfg)
+    fmt = cfg.get("catalog_format", "ecsv")
+    tasks = []
+    for e in exposures:
+        cat = custom.get(e.index)
+        save_to = None
+        if cfg["save_catalogs"] and not cat:
+            save_to = ctx.output_dir / catalog_output_name(e.source_path or e.path, fmt)
+        tasks.append(
+            TaskSpec(
+                "tweakreg-catalog",
+                e.name,
+                catalog_task,
+                (e.path, e.name, params, _bbox(e.wcs), cat, save_to, fmt),
+            )
+        )
+    catalogs = run_tasks(
+        ctx.client, tasks, ctx.token, label="tweakreg: catalogs", progress=ctx.progress
+    )
+    for e, cat in zip(exposures, catalogs, strict=True):
+        if len(cat) == 0:
+            log.warning("No sources found in %s.", e.path.name)
+        else:
+            log.info("Detected %d sources in %s.", len(cat), e.path.name)
+    if cfg["save_catalogs"]:
+        ctx.products["tweakreg_catalogs"] = [t.args[5] for t in tasks if t.args[5] is not None]
+    log.info("Number of image groups to be aligned: %d.", n_groups)
+    if refcat is None and n_groups < 2:
+        return skipped("At least two exposure groups are required for relative alignment.")
+
+    spec = TaskSpec(
+        "tweakreg-align",
+        ctx.product_name,
+        align_task,
+        (
+            catalogs,
+            [e.wcs for e in exposures],
+            [e.wcsinfo for e in exposures],
+            group_ids,
+            [e.name for e in exposures],
+        ),
+        {"align_mode": cfg["align_mode"], "params": cfg, "refcat": refcat},
+    )
+    (result,) = run_tasks(
+        ctx.client, [spec], ctx.token, label="tweakreg: align", progress=ctx.progress
+    )
+    for msg in result["warnings"]:
+        log.warning("tweakreg: %s", msg)
+    report = {
+        **base_report,
+        "status": "COMPLETE" if result["success"] else "SKIPPED",
+        "mode": result["mode"],
+        "absolute": result["absolute"],
+        "n_sources": {e.name: len(c) for e, c in zip(exposures, catalogs, strict=True)},
+        "exposures": {e.name: fi for e, fi in zip(exposures, result["fit_info"], strict=True)},
+    }
+    _record(ctx, cfg, report)
+    if not result["success"]:
+        log.warning("tweakreg: alignment failed; every exposure keeps its WCS")
+        return [e.evolve(meta={**e.meta, "cal_step_tweakreg": "SKIPPED"}) for e in exposures]
+
+    out = []
+    n_updated = 0
+    for e, w in zip(exposures, result["wcs"], strict=True):
+        meta = {**e.meta, "cal_step_tweakreg": "COMPLETE"}
+        if w is None:
+            out.append(e.evolve(meta=meta))
+            continue
+        if refcat is not None:
+            w.name = f"FIT-LVL3-{report['abs_refcat']}"
+        s_region = s_region_imaging(w, e.shape)
+        wcsinfo = dict(e.wcsinfo)
+        if s_region is not None:
+            meta["s_region"] = s_region
+            wcsinfo["s_region"] = s_region
+        out.append(e.evolve(wcs=w, wcsinfo=wcsinfo, meta=meta))
+        n_updated += 1
+    log.info(
+        "tweakreg (%s%s): %d of %d exposures corrected",
+        result["mode"],
+        " + absolute" if result["absolute"] else "",
+        n_updated,
+        len(exposures),
+    )
+    return out

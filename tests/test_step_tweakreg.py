@@ -1,0 +1,211 @@
+"""The tweakreg step on the cluster: simulated dither and mosaic, files, absolute alignment, parity."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from image3_dask.errors import ConfigError
+from image3_dask.graph import tweakreg
+from image3_dask.io.asn import resolve_inputs
+from image3_dask.io.exposures import read_exposures
+from image3_dask.pipeline.config import PipelineConfig
+from image3_dask.pipeline.context import RunContext
+from image3_dask.simulate import build_true_wcs
+
+SKIP_OTHERS = {s: {"skip": True} for s in ("skymatch", "outlier_detection", "resample", "source_catalog")}
+
+
+@pytest.fixture(scope="module")
+def dense_dither(tmp_path_factory):
+    """4-point MIRI dither, 256x256 detectors, ~120 stars each (enough for 15 matches)."""
+    from image3_dask.simulate import simulate
+
+    out = tmp_path_factory.mktemp("tw_dither")
+    return simulate(instrument="miri", n=4, out_dir=out, seed=3, pattern="dither",
+                    shape=(256, 256), n_stars=3000, n_galaxies=300)
+
+
+@pytest.fixture(scope="module")
+def mosaic(tmp_path_factory):
+    """3x3 MIRI mosaic of 256x256 tiles with 12% overlaps."""
+    from image3_dask.simulate import simulate
+
+    out = tmp_path_factory.mktemp("tw_mosaic")
+    return simulate(instrument="miri", n=None, rows=3, cols=3, overlap=0.12, out_dir=out, seed=5,
+                    pattern="mosaic", shape=(256, 256), n_stars=3000, n_galaxies=300)
+
+
+def make_ctx(client, sim, out, **params) -> RunContext:
+    config = PipelineConfig()
+    config.update({"tweakreg": params})
+    return RunContext(client=client, config=config, asn=resolve_inputs(sim.asn_path),
+                      output_dir=out, work_dir=out / "work", progress=False)
+
+
+def residual(sim, wcses, step=8, mean_removed=True) -> float:
+    """RMS (pixels) of corrected-vs-true positions on a pixel grid, common mean offset removed."""
+    ny, nx = sim.truth.shape
+    y, x = np.mgrid[4:ny - 4:step, 4:nx - 4:step].astype(float)
+    d = []
+    for i, w in enumerate(wcses):
+        ra, dec = w(x, y)
+        xt, yt = build_true_wcs(sim.truth, i).invert(ra, dec)
+        d.append(np.stack([xt - x, yt - y], axis=-1).reshape(-1, 2))
+    d = np.array(d)  # (exposure, point, 2); NaN outside the bounding box
+    if mean_removed:
+        d = d - np.nanmean(d, axis=(0, 1))
+    return float(np.sqrt(np.nanmean((d**2).sum(axis=-1))))
+
+
+@pytest.fixture(scope="module")
+def dither_run(client, dense_dither, tmp_path_factory):
+    """One official-mode run with ``save_catalogs``; a catfile listing the saved catalogs."""
+    out = tmp_path_factory.mktemp("tw_run")
+    infos = read_exposures(dense_dither.cal_paths)
+    ctx = make_ctx(client, dense_dither, out, save_catalogs=True, align_mode="official")
+    result = tweakreg.run(ctx, infos)
+    catfile = out / "catfile.txt"
+    catfile.write_text("# custom catalogs\n" + "\n".join(
+        f"{p.name} {p.name.replace('.fits', '_cat.ecsv')}" for p in dense_dither.cal_paths) + "\n")
+    return infos, result, ctx, catfile
+
+
+def test_dither_official_reaches_002_pixel(dense_dither, dither_run):
+    infos, out, ctx, _ = dither_run
+    before = residual(dense_dither, [e.wcs for e in infos])
+    after = residual(dense_dither, [e.wcs for e in out])
+    print(f"official: residual {before:.3f} -> {after:.4f} px (default starfinder 'iraf')")
+    assert before > 1.0
+    assert after < 0.02
+    rep = ctx.products["tweakreg"]
+    assert rep["mode"] == "official"
+    assert [fi["status"] for fi in rep["exposures"].values()] == ["REFERENCE"] + ["SUCCESS"] * 3
+    assert json.loads(ctx.product_path("tweakreg", "json").read_text())["mode"] == "official"
+    for e, o in zip(infos, out, strict=True):
+        assert o.meta["cal_step_tweakreg"] == "COMPLETE"
+        if o.wcs is not e.wcs:  # corrected: new gwcs frame and s_region
+            assert o.meta["s_region"] != e.meta["s_region"]
+            assert o.wcsinfo["s_region"] == o.meta["s_region"]
+            assert "v2v3corr" in o.wcs.available_frames
+
+
+def test_saved_catalogs_and_custom_catalogs(client, dense_dither, dither_run, tmp_path):
+    infos, first, ctx, catfile = dither_run
+    names = sorted(p.name for p in ctx.output_dir.glob("*_cat.ecsv"))
+    assert names == sorted(p.name.replace(".fits", "_cat.ecsv") for p in dense_dither.cal_paths)
+    cat = Table.read(ctx.output_dir / names[0])
+    assert {"x", "y"} <= set(cat.colnames) and len(cat) > 15
+    # the saved catalogs given back through a catfile: same alignment, nothing re-saved
+    ctx2 = make_ctx(client, dense_dither, tmp_path, use_custom_catalogs=True, catfile=str(catfile),
+                    align_mode="auto")
+    second = tweakreg.run(ctx2, infos)
+    assert ctx2.products["tweakreg"]["mode"] == "official"  # auto: all groups overlap
+    assert not list(tmp_path.glob("*_cat.ecsv"))
+    for a, b in zip(first, second, strict=True):
+        ra1, dec1 = a.wcs(100.0, 120.0)
+        ra2, dec2 = b.wcs(100.0, 120.0)
+        assert abs(ra1 - ra2) < 1e-9 and abs(dec1 - dec2) < 1e-9
+
+
+def test_dither_global_mode(client, dense_dither, dither_run, tmp_path):
+    infos, _, _, catfile = dither_run
+    ctx = make_ctx(client, dense_dither, tmp_path, use_custom_catalogs=True, catfile=str(catfile),
+                   align_mode="global")
+    out = tweakreg.run(ctx, infos)
+    after = residual(dense_dither, [e.wcs for e in out])
+    print(f"global: residual -> {after:.4f} px")
+    assert ctx.products["tweakreg"]["mode"] == "global"
+    assert after < 0.02
+
+
+def test_mosaic_global_below_01_pixel(client, mosaic, tmp_path):
+    infos = read_exposures(mosaic.cal_paths)
+    ctx = make_ctx(client, mosaic, tmp_path)  # align_mode auto
+    out = tweakreg.run(ctx, infos)
+    rep = ctx.products["tweakreg"]
+    after = residual(mosaic, [e.wcs for e in out])
+    print(f"3x3 mosaic ({rep['mode']}): {residual(mosaic, [e.wcs for e in infos]):.3f} -> {after:.4f} px")
+    assert rep["mode"] == "global"
+    assert after < 0.1
+    assert all(fi["status"] == "SUCCESS" for fi in rep["exposures"].values())
+
+
+def test_absolute_refcat_and_gaia(client, dense_dither, dither_run, tmp_path):
+    infos, _, _, catfile = dither_run
+    src = dense_dither.truth.sources
+    stars = src[src["kind"] == "star"]
+    near = np.hypot((stars["ra"] - 53.16) * np.cos(np.deg2rad(-27.78)), stars["dec"] + 27.78) < 0.015
+    ref = Table({"RA": np.asarray(stars["ra"][near], float), "DEC": np.asarray(stars["dec"][near], float)})
+    ref.write(tmp_path / "ref.ecsv", format="ascii.ecsv")
+    ctx = make_ctx(client, dense_dither, tmp_path, abs_refcat=str(tmp_path / "ref.ecsv"),
+                   use_custom_catalogs=True, catfile=str(catfile))
+    out = tweakreg.run(ctx, infos)
+    assert ctx.products["tweakreg"]["absolute"] is True
+    before = residual(dense_dither, [e.wcs for e in infos], mean_removed=False)
+    absolute = residual(dense_dither, [e.wcs for e in out], mean_removed=False)
+    print(f"absolute alignment: {before:.3f} -> {absolute:.4f} px (no mean removed)")
+    assert absolute < 0.05
+    assert all(e.wcs.name.startswith("FIT-LVL3-") for e in out)
+    for name in ("GAIADR3", "gaiadr2"):
+        with pytest.raises(ConfigError, match="network"):
+            tweakreg.run(make_ctx(client, dense_dither, tmp_path, abs_refcat=name), infos)
+
+
+def test_single_group_is_skipped(client, dense_dither, tmp_path, caplog):
+    infos = read_exposures(dense_dither.cal_paths[:1])
+    ctx = make_ctx(client, dense_dither, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="image3_dask"):
+        out = tweakreg.run(ctx, infos)
+    assert "Skipping 'TweakRegStep'" in caplog.text
+    assert out[0].wcs is infos[0].wcs and out[0].meta["cal_step_tweakreg"] == "SKIPPED"
+
+
+def test_too_few_sources_leaves_wcs(client, dense_dither, tmp_path, caplog):
+    infos = read_exposures(dense_dither.cal_paths)
+    ctx = make_ctx(client, dense_dither, tmp_path, align_mode="official", snr_threshold=1e6)
+    with caplog.at_level(logging.WARNING, logger="image3_dask"):
+        out = tweakreg.run(ctx, infos)
+    assert "No sources found" in caplog.text
+    assert all(o.wcs is e.wcs for o, e in zip(out, infos, strict=True))
+
+
+def test_through_pipeline_api(client, dense_dither, dither_run, tmp_path):
+    from image3_dask.pipeline.image3 import Image3Pipeline
+
+    catfile = dither_run[3]
+    products = Image3Pipeline.call(
+        dense_dither.asn_path, output_dir=tmp_path, client=client, progress=False,
+        steps={**SKIP_OTHERS, "tweakreg": {"use_custom_catalogs": True, "catfile": str(catfile)}},
+    )
+    assert residual(dense_dither, [e.wcs for e in products["exposures"]]) < 0.02
+    assert products["tweakreg_json"].is_file()
+    assert set(products["timings"]) == {"tweakreg"}
+
+
+@pytest.mark.jwst
+def test_parity_with_jwst_tweakreg(dense_dither, dither_run, tmp_path):
+    pytest.importorskip("jwst")
+    from jwst.tweakreg import TweakRegStep
+
+    infos, ours = dither_run[:2]
+    lib = TweakRegStep.call(str(dense_dither.asn_path), output_dir=str(tmp_path))
+    ny, nx = dense_dither.truth.shape
+    y, x = np.mgrid[0:ny:16, 0:nx:16].astype(float)
+    worst = 0.0
+    with lib:
+        for i, o in enumerate(ours):
+            model = lib.borrow(i)
+            assert model.meta.filename == o.path.name
+            ra, dec = o.wcs(x, y)
+            xj, yj = model.meta.wcs.invert(ra, dec)
+            worst = max(worst, float(np.nanmax(np.hypot(xj - x, yj - y))))
+            if o.wcs is not infos[i].wcs:
+                assert model.meta.wcsinfo.s_region == o.meta["s_region"]
+            lib.shelve(model, i, modify=False)
+    print(f"max |ours - jwst| = {worst:.2e} px")
+    assert worst < 0.01
