@@ -37,8 +37,8 @@ from typing import Any
 
 from image3_dask.errors import ConfigError, InputError
 from image3_dask.graph.tasks import TaskSpec, run_tasks
-from image3_dask.io.catalog_files import file_root, read_skylist, read_whole_pixels
-from image3_dask.io.exposures import ExposureInfo
+from image3_dask.io.catalog_files import file_root, read_skylist
+from image3_dask.io.exposures import ExposureInfo, read_pixels
 
 log = logging.getLogger("image3_dask")
 
@@ -73,7 +73,7 @@ def stats_task(path, wcs: Any, footprint: Any, neighbours: dict, params: dict, f
     from image3_dask.algorithms.skymatch import exposure_sky_stats
     from image3_dask.algorithms.skystats import good_pixel_mask
 
-    pix = read_whole_pixels(path, ("data", "dq"))
+    pix = read_pixels(path, ("data", "dq"))
     mask = good_pixel_mask(pix.data, pix.dq, params.get("dqbits"))
     return exposure_sky_stats(
         pix.data,

@@ -39,10 +39,9 @@ from image3_dask.io.catalog_files import (
     parse_catfile,
     read_refcat,
     read_source_catalog,
-    read_whole_pixels,
     write_catalog,
 )
-from image3_dask.io.exposures import ExposureInfo
+from image3_dask.io.exposures import ExposureInfo, read_pixels
 
 log = logging.getLogger("image3_dask")
 
@@ -179,7 +178,7 @@ def catalog_task(
     if custom:
         cat = read_source_catalog(custom)
     else:
-        pix = read_whole_pixels(path, ("data", "dq", "err"))
+        pix = read_pixels(path, ("data", "dq", "err"))
         cat = make_tweakreg_catalog(pix.data, coverage_mask_from_dq(pix.dq), err=pix.err, **params)
     if len(cat):
         cat = filter_catalog_by_bounding_box(cat, bbox)

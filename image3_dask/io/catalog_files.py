@@ -6,7 +6,6 @@
 * Source catalogs (custom ones, and the ``save_catalogs`` outputs ``<input stem>_cat.<fmt>``)
   and the ``abs_refcat`` reference catalog are astropy tables in ECSV or FITS.
 * ``skylist`` (skymatch ``skymethod='user'``): ``<image name> <sky value>`` lines.
-* :func:`read_whole_pixels`: whole pixel arrays of an exposure for a worker task.
 """
 
 from __future__ import annotations
@@ -14,12 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-from astropy.io import fits
 from astropy.table import Table
 
 from image3_dask.errors import InputError
-from image3_dask.io.exposures import PIXEL_EXTENSIONS, ExposurePixels, read_pixels
 
 __all__ = [
     "CATALOG_FORMATS",
@@ -30,7 +26,6 @@ __all__ = [
     "read_refcat",
     "read_skylist",
     "read_source_catalog",
-    "read_whole_pixels",
     "write_catalog",
 ]
 
@@ -43,8 +38,22 @@ GAIA_CATALOGS = ("GAIAREFCAT", "GAIADR3", "GAIADR2", "GAIADR1")
 # Product suffixes stripped from file names when matching them to exposures (the common ones
 # of jwst's ``remove_suffix``).
 _SUFFIXES = (
-    "cal", "crf", "rate", "rateints", "calints", "i2d", "s2d", "skymatch", "tweakreg",
-    "outlier_i2d", "bsub", "flat", "photom", "resamp", "assign_wcs", "uncal",
+    "cal",
+    "crf",
+    "rate",
+    "rateints",
+    "calints",
+    "i2d",
+    "s2d",
+    "skymatch",
+    "tweakreg",
+    "outlier_i2d",
+    "bsub",
+    "flat",
+    "photom",
+    "resamp",
+    "assign_wcs",
+    "uncal",
 )
 
 
@@ -131,7 +140,9 @@ def read_source_catalog(path: str | os.PathLike) -> Table:
     try:
         cat = Table.read(path)
     except Exception as exc:  # astropy raises many types for unreadable tables
-        raise InputError(f"{path}: cannot be read as a table ({type(exc).__name__}: {exc})") from None
+        raise InputError(
+            f"{path}: cannot be read as a table ({type(exc).__name__}: {exc})"
+        ) from None
     for axis in ("x", "y"):
         if axis in cat.colnames:
             continue
@@ -196,7 +207,9 @@ def read_refcat(path: str | os.PathLike) -> Table:
     try:
         cat = Table.read(path)
     except Exception as exc:  # astropy raises many types for unreadable tables
-        raise InputError(f"{path}: cannot be read as a table ({type(exc).__name__}: {exc})") from None
+        raise InputError(
+            f"{path}: cannot be read as a table ({type(exc).__name__}: {exc})"
+        ) from None
     cat.meta["name"] = path.name
     return cat
 
@@ -226,48 +239,8 @@ def read_skylist(path: str | os.PathLike) -> dict[str, float]:
             raise InputError(f"{path}, line {n}: {parts[1]!r} is not a number") from None
         root = file_root(parts[0])
         if root in out:
-            raise InputError(f"{path}: image with stem '{root}' found multiple times in the skylist")
+            raise InputError(
+                f"{path}: image with stem '{root}' found multiple times in the skylist"
+            )
         out[root] = value
     return out
-
-
-def read_whole_pixels(
-    path: str | os.PathLike, arrays: tuple[str, ...] = ("data", "dq", "err")
-) -> ExposurePixels:
-    """Whole pixel arrays of an exposure, for a worker task.
-
-    Uses :func:`image3_dask.io.exposures.read_pixels`; when that cannot read an array through
-    a memory-mapped section (a scaled integer HDU, such as the ``uint32`` DQ arrays that
-    stdatamodels writes with ``BZERO``), the arrays are read whole instead.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The exposure file.
-    arrays : tuple of str
-        Datamodel attribute names (``data``, ``dq``, ``err``, ``var_*``).
-
-    Returns
-    -------
-    ExposurePixels
-        Native-endian ``float32`` arrays (``uint32`` for DQ).
-    """
-    try:
-        return read_pixels(path, arrays=arrays)
-    except ValueError:
-        pass
-    out: dict[str, np.ndarray | None] = {}
-    try:
-        with fits.open(path, memmap=False) as hdul:
-            for name in ("data", *[a for a in arrays if a != "data"]):
-                ext = PIXEL_EXTENSIONS[name]
-                if ext not in hdul:
-                    out[name] = None
-                    continue
-                dtype = np.uint32 if name == "dq" else np.float32
-                out[name] = np.asarray(hdul[ext].data).astype(dtype, copy=True)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read pixel arrays ({exc})") from None
-    if out.get("dq") is None:
-        out["dq"] = np.zeros(out["data"].shape, np.uint32)
-    return ExposurePixels(**out)
