@@ -10,8 +10,7 @@ import pytest
 from image3_dask.errors import ConfigError
 from image3_dask.graph import skymatch
 from image3_dask.io.asn import resolve_inputs
-from image3_dask.io.catalog_files import read_whole_pixels
-from image3_dask.io.exposures import read_exposures
+from image3_dask.io.exposures import read_exposures, read_pixels
 from image3_dask.pipeline.config import PipelineConfig
 from image3_dask.pipeline.context import RunContext
 
@@ -19,8 +18,14 @@ from image3_dask.pipeline.context import RunContext
 def make_ctx(client, sim, out, **params) -> RunContext:
     config = PipelineConfig()
     config.update({"skymatch": params})
-    return RunContext(client=client, config=config, asn=resolve_inputs(sim.asn_path),
-                      output_dir=out, work_dir=out / "work", progress=False)
+    return RunContext(
+        client=client,
+        config=config,
+        asn=resolve_inputs(sim.asn_path),
+        output_dir=out,
+        work_dir=out / "work",
+        progress=False,
+    )
 
 
 def truth_sky(sim) -> np.ndarray:
@@ -35,7 +40,7 @@ def overlap_noise(sim) -> float:
     """
     from astropy.stats import sigma_clipped_stats
 
-    pix = read_whole_pixels(sim.cal_paths[0], ("data", "dq"))
+    pix = read_pixels(sim.cal_paths[0], ("data", "dq"))
     sigma = sigma_clipped_stats(pix.data[np.isfinite(pix.data)], sigma=3)[2]
     return 1.2533 * sigma / np.sqrt(0.5 * pix.data.size)
 
@@ -64,8 +69,11 @@ def test_match_recovers_sky_differences(client, small_dither, infos, tmp_path):
     assert err < 0.003 * truth.mean()
     for e in out:
         assert e.background_subtracted is False
-        assert e.meta["background"] == {"level": e.background_level, "subtracted": False,
-                                        "method": "match"}
+        assert e.meta["background"] == {
+            "level": e.background_level,
+            "subtracted": False,
+            "method": "match",
+        }
         assert e.meta["background_method"] == "match"
         assert e.meta["cal_step_skymatch"] == "COMPLETE"
     assert set(ctx.products["skymatch"]["exposures"]) == {e.name for e in infos}
@@ -94,9 +102,12 @@ def test_subtract_keeps_inputs_and_user_skylist(client, small_dither, infos, tmp
         skymatch.run(make_ctx(client, small_dither, tmp_path), done)
 
     skylist = tmp_path / "sky.txt"
-    skylist.write_text("".join(f"{p.name} {1.5 + i}\n" for i, p in enumerate(small_dither.cal_paths)))
-    user = skymatch.run(make_ctx(client, small_dither, tmp_path, skymethod="user",
-                                 skylist=str(skylist)), infos)
+    skylist.write_text(
+        "".join(f"{p.name} {1.5 + i}\n" for i, p in enumerate(small_dither.cal_paths))
+    )
+    user = skymatch.run(
+        make_ctx(client, small_dither, tmp_path, skymethod="user", skylist=str(skylist)), infos
+    )
     assert [e.background_level for e in user] == [1.5, 2.5, 3.5, 4.5]
     assert all(e.meta["background_method"] == "user" for e in user)
     with pytest.raises(ConfigError, match="skylist"):
@@ -106,10 +117,16 @@ def test_subtract_keeps_inputs_and_user_skylist(client, small_dither, infos, tmp
 def test_through_pipeline_api(client, small_dither, tmp_path):
     from image3_dask.pipeline.image3 import Image3Pipeline
 
-    skip = {s: {"skip": True} for s in ("tweakreg", "outlier_detection", "resample", "source_catalog")}
-    products = Image3Pipeline.call(small_dither.asn_path, output_dir=tmp_path, client=client,
-                                   steps={**skip, "skymatch": {"skymethod": "global+match"}},
-                                   progress=False)
+    skip = {
+        s: {"skip": True} for s in ("tweakreg", "outlier_detection", "resample", "source_catalog")
+    }
+    products = Image3Pipeline.call(
+        small_dither.asn_path,
+        output_dir=tmp_path,
+        client=client,
+        steps={**skip, "skymatch": {"skymethod": "global+match"}},
+        progress=False,
+    )
     levels = [e.background_level for e in products["exposures"]]
     np.testing.assert_allclose(levels, truth_sky(small_dither), rtol=0.01)
     assert set(products["timings"]) == {"skymatch"}
@@ -132,7 +149,10 @@ def test_parity_with_jwst_skymatch(client, small_dither, infos, tmp_path, method
             ref = model.meta.background.level
             assert model.meta.background.subtracted is False
             assert abs(e.background_level - ref) <= 0.01 * max(abs(ref), 1e-3 * scale), (
-                e.name, e.background_level, ref)
+                e.name,
+                e.background_level,
+                ref,
+            )
             worst = max(worst, abs(e.background_level - ref))
             lib.shelve(model, i, modify=False)
     print(f"{method}: max |ours - jwst| = {worst:.2e} MJy/sr")
