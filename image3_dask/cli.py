@@ -1,15 +1,16 @@
-"""The ``image3-dask`` command: run, simulate, asn, config, demo."""
+"""The ``image3-dask`` command: run, submit, status, cancel, certs, simulate, asn, config, demo."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 from pathlib import Path
 
 from image3_dask import __version__
-from image3_dask.errors import Image3Error
+from image3_dask.errors import ConfigError, Image3Error
 
 log = logging.getLogger("image3_dask")
 
@@ -25,12 +26,38 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
-def _add_cluster_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("cluster")
+def _add_remote_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    g = p.add_argument_group("scheduler")
     g.add_argument(
         "--scheduler",
-        help="address of a running Dask scheduler (tcp://HOST:PORT); "
-        "a local cluster of worker processes is started when omitted",
+        help="address of a running Dask scheduler (tcp://HOST:PORT or tls://HOST:PORT)",
+    )
+    g.add_argument(
+        "--scheduler-file",
+        help="JSON file written by `dask scheduler --scheduler-file` (instead of --scheduler)",
+    )
+    g.add_argument(
+        "--tls-ca-file", help="PEM file of the CA that signed the cluster's certificates"
+    )
+    g.add_argument("--tls-cert", help="PEM certificate of this client (tls:// schedulers)")
+    g.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    g.add_argument(
+        "--timeout",
+        type=float,
+        default=20.0,
+        help="seconds to wait for the scheduler to answer (default: 20)",
+    )
+    return g
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    _add_remote_args(p)
+    g = p.add_argument_group("cluster started by image3-dask (when no --scheduler is given)")
+    g.add_argument(
+        "--cluster",
+        choices=["local", "slurm"],
+        default="local",
+        help="local worker processes (default), or Slurm jobs through dask-jobqueue",
     )
     g.add_argument(
         "--workers", type=int, default=None, help="local worker processes (default: one per core)"
@@ -44,6 +71,17 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
         "--dashboard-address",
         default="127.0.0.1:8787",
         help="where the local dashboard listens (default: 127.0.0.1:8787, localhost only)",
+    )
+    g.add_argument(
+        "--jobqueue-config",
+        metavar="FILE.yaml",
+        help="dask-jobqueue settings for --cluster slurm (see deploy/slurm/jobqueue.yaml)",
+    )
+    g.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="Slurm jobs to submit for --cluster slurm (default 1)",
     )
     g.add_argument(
         "--report", metavar="FILE.html", help="save Dask's performance report of the run"
@@ -110,6 +148,69 @@ def _build_parser() -> argparse.ArgumentParser:
         "--shape", type=int, nargs=2, metavar=("NY", "NX"), help="detector shape override (faster)"
     )
     _add_cluster_args(p)
+
+    p = sub.add_parser(
+        "submit",
+        help="hand a run to a running Dask cluster and return at once",
+        description="Validate the inputs here, then run the pipeline as a job on the cluster: "
+        "it goes on after this command returns. Follow it with `image3-dask status`. "
+        "The workers must see the inputs and the output folder under the same paths.",
+    )
+    p.add_argument("inputs", nargs="+", help="association JSON, exposure files, or glob patterns")
+    p.add_argument("-o", "--output-dir", default=".", help="folder for the products (default: .)")
+    p.add_argument("--config", help="TOML parameter file (see `image3-dask config`)")
+    p.add_argument(
+        "--product-name", help="product name when inputs are files rather than an association"
+    )
+    p.add_argument("--keep-work", action="store_true", help="keep the intermediate work folder")
+    p.add_argument("--job-id", help="job id (default: <product>-<8 hex digits>)")
+    p.add_argument(
+        "--driver-resource",
+        metavar="NAME",
+        help="run the job's driver only on workers started with --resources NAME=1",
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="wait for the job to end and print its record"
+    )
+    _add_remote_args(p)
+
+    p = sub.add_parser(
+        "status",
+        help="state and progress of submitted jobs",
+        description="Without JOB, list the jobs the scheduler (or the output folder) knows.",
+    )
+    p.add_argument("job", nargs="?", help="job id (as printed by `image3-dask submit`)")
+    p.add_argument(
+        "--output-dir",
+        help="read the job records kept in this output folder instead of asking the scheduler",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until JOB ends; exit 0 when it succeeded, 1 when it failed",
+    )
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between polls (--wait)")
+    p.add_argument("--json", action="store_true", help="print the records as JSON")
+    _add_remote_args(p)
+
+    p = sub.add_parser("cancel", help="stop a submitted job")
+    p.add_argument("job")
+    _add_remote_args(p)
+
+    p = sub.add_parser(
+        "certs",
+        help="write a private CA and a TLS certificate for tls:// clusters",
+        description="Writes ca.pem, cert.pem and key.pem (mode 0600). One certificate for the "
+        "scheduler, the workers and the clients; valid for the given host names/addresses.",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--host",
+        action="append",
+        help="host name or IP address the certificate is valid for (repeat; "
+        "default: 127.0.0.1 and localhost)",
+    )
+    p.add_argument("--days", type=int, default=365)
     return parser
 
 
@@ -120,21 +221,65 @@ def _split_step_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+def _security(args):
+    from image3_dask.service.security import security_from_files
+
+    return security_from_files(
+        getattr(args, "tls_ca_file", None), getattr(args, "tls_cert", None), args.tls_key
+    )
+
+
 def _cluster_kwargs(args) -> dict:
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give at least 1")
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: give at least 1")
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout {args.timeout}: give a positive number of seconds")
+    remote = args.scheduler or args.scheduler_file
+    if remote and args.cluster != "local":
+        raise ConfigError("--cluster starts a cluster: do not combine it with --scheduler")
+    if args.cluster == "slurm" and args.jobqueue_config is None:
+        log.info("--cluster slurm without --jobqueue-config: using dask's jobqueue.slurm config")
     return {
         "scheduler": args.scheduler,
+        "scheduler_file": args.scheduler_file,
         "n_workers": args.workers,
         "memory_limit": args.memory_limit,
         "dashboard_address": args.dashboard_address,
+        "security": _security(args),
+        "timeout": args.timeout,
+        "cluster": args.cluster,
+        "jobqueue_config": args.jobqueue_config,
+        "jobs": args.jobs,
     }
 
 
+@contextlib.contextmanager
+def _remote_client(args):
+    """A client of the scheduler given by --scheduler/--scheduler-file (required)."""
+    from image3_dask.pipeline.cluster import connect
+
+    if not (args.scheduler or args.scheduler_file):
+        raise ConfigError(
+            f"`image3-dask {args.command}` needs the cluster: give --scheduler tcp://HOST:PORT "
+            "or --scheduler-file FILE"
+        )
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout {args.timeout}: give a positive number of seconds")
+    with connect(
+        args.scheduler,
+        security=_security(args),
+        timeout=args.timeout,
+        scheduler_file=args.scheduler_file,
+    ) as client:
+        yield client
+
+
 def cmd_run(args, overrides: list[str]) -> int:
-    from image3_dask.pipeline.config import PipelineConfig
     from image3_dask.pipeline.image3 import Image3Pipeline
 
-    config = PipelineConfig.from_toml(args.config) if args.config else PipelineConfig()
-    config.apply_overrides(overrides)
+    config = _load_config(args, overrides)
     products = _execute(
         Image3Pipeline(config), args.inputs, args.output_dir, args, args.product_name
     )
@@ -149,18 +294,32 @@ def _execute(pipeline, inputs, output_dir, args, product_name=None):
         progress=not args.quiet,
     )
     cluster = _cluster_kwargs(args)
-    if args.report:
+    remote = cluster["scheduler"] or cluster["scheduler_file"] or cluster["cluster"] != "local"
+    if not (args.report or remote):
+        # Local cluster: the inputs are validated before the cluster is started.
+        return pipeline.run(
+            inputs,
+            output_dir,
+            scheduler=None,
+            n_workers=cluster["n_workers"],
+            memory_limit=cluster["memory_limit"],
+            dashboard_address=cluster["dashboard_address"],
+            security=cluster["security"],
+            **kwargs,
+        )
+    from image3_dask.pipeline.cluster import connect
+
+    # A remote scheduler is reached before anything is written in the output folder.
+    with connect(**cluster) as client:
+        log.info("Dask dashboard: %s", client.dashboard_link)
+        if not args.report:
+            return pipeline.run(inputs, output_dir, client=client, **kwargs)
         from distributed import performance_report
 
-        from image3_dask.pipeline.cluster import connect
-
-        with connect(**cluster) as client:
-            log.info("Dask dashboard: %s", client.dashboard_link)
-            with performance_report(filename=args.report):
-                products = pipeline.run(inputs, output_dir, client=client, **kwargs)
-        log.info("Performance report: %s", args.report)
-        return products
-    return pipeline.run(inputs, output_dir, **cluster, **kwargs)
+        with performance_report(filename=args.report):
+            products = pipeline.run(inputs, output_dir, client=client, **kwargs)
+    log.info("Performance report: %s", args.report)
+    return products
 
 
 def _print_products(products: dict) -> None:
@@ -215,6 +374,14 @@ def cmd_config(args) -> int:
     return 0
 
 
+def _demo_cluster(args) -> dict:
+    kw = _cluster_kwargs(args)
+    if kw["scheduler_file"] or kw["cluster"] != "local":
+        raise ConfigError("`image3-dask demo` runs on a local cluster or a --scheduler address")
+    keep = ("scheduler", "n_workers", "memory_limit", "dashboard_address", "security")
+    return {k: kw[k] for k in keep if k != "security" or kw[k] is not None}
+
+
 def cmd_demo(args) -> int:
     from image3_dask.demo import run_demo
 
@@ -222,10 +389,139 @@ def cmd_demo(args) -> int:
         out=Path(args.out),
         seed=args.seed,
         shape=tuple(args.shape) if args.shape else None,
-        cluster=_cluster_kwargs(args),
+        cluster=_demo_cluster(args),
         report=args.report,
         quiet=args.quiet,
     )
+    return 0
+
+
+def _load_config(args, overrides: list[str]):
+    from image3_dask.pipeline.config import PipelineConfig
+
+    config = PipelineConfig.from_toml(args.config) if args.config else PipelineConfig()
+    config.apply_overrides(overrides)
+    return config
+
+
+def cmd_submit(args, overrides: list[str]) -> int:
+    from image3_dask.service.status import format_job
+    from image3_dask.service.submit import submit_job
+
+    config = _load_config(args, overrides)
+    resources = {args.driver_resource: 1} if args.driver_resource else None
+    with _remote_client(args) as client:
+        rec = submit_job(
+            client,
+            args.inputs,
+            args.output_dir,
+            config,
+            product_name=args.product_name,
+            keep_work=args.keep_work,
+            resources=resources,
+            job_id=args.job_id,
+        )
+        print(f"submitted job {rec['job']}: product {rec['product']} in {rec['output_dir']}")
+        if not args.wait:
+            where = (
+                f"--scheduler {args.scheduler}"
+                if args.scheduler
+                else (f"--scheduler-file {args.scheduler_file}")
+            )
+            print(f"follow it with: image3-dask status {rec['job']} {where}")
+            return 0
+        rec = _wait(client, rec["job"], interval=1.0, quiet=args.quiet)
+    print(format_job(rec))
+    return 0 if rec.get("state") == "done" else 1
+
+
+def _wait(client, job_id: str, interval: float, quiet: bool = False) -> dict:
+    import time
+
+    from image3_dask.service.status import TERMINAL, _progress, get_job
+
+    last = None
+    while True:
+        rec = get_job(client, job_id)
+        line = f"{rec.get('state')}: {_progress(rec)}"
+        if not quiet and line != last:
+            print(f"[{job_id}] {line}", file=sys.stderr, flush=True)
+            last = line
+        if rec.get("state") in TERMINAL:
+            return rec
+        time.sleep(interval)
+
+
+def cmd_status(args) -> int:
+    import json
+
+    from image3_dask.service.status import (
+        JobNotFoundError,
+        format_job,
+        format_table,
+        get_job,
+        get_jobs,
+        read_job_files,
+    )
+
+    if args.interval <= 0:
+        raise ConfigError(f"--interval {args.interval}: give a positive number of seconds")
+    if args.wait and not args.job:
+        raise ConfigError("--wait needs a JOB")
+    if args.output_dir and not (args.scheduler or args.scheduler_file):
+        if args.wait:
+            raise ConfigError("--wait asks the scheduler: give --scheduler")
+        jobs = read_job_files(args.output_dir)
+        if args.job and args.job not in jobs:
+            raise JobNotFoundError(
+                f"{args.output_dir}: no record of job {args.job!r}; "
+                f"known: {', '.join(sorted(jobs))}"
+            )
+    else:
+        with _remote_client(args) as client:
+            if args.wait:
+                jobs = {args.job: _wait(client, args.job, args.interval, quiet=args.quiet)}
+            elif args.job:
+                jobs = {args.job: get_job(client, args.job)}
+            else:
+                jobs = get_jobs(client)
+    if args.job:
+        jobs = {args.job: jobs[args.job]}
+    if args.json:
+        print(json.dumps(jobs if not args.job else jobs[args.job], indent=1))
+    elif args.job:
+        print(format_job(jobs[args.job]))
+    elif jobs:
+        print(format_table(jobs))
+    else:
+        print("no job")
+    if args.wait:
+        return 0 if jobs[args.job].get("state") == "done" else 1
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from image3_dask.service.submit import cancel_job
+
+    with _remote_client(args) as client:
+        rec = cancel_job(client, args.job)
+    if rec.get("state") in ("done", "failed"):
+        print(f"job {args.job} already ended ({rec['state']})")
+    else:
+        print(f"asked job {args.job} to stop; `image3-dask status {args.job}` shows when it has")
+    return 0
+
+
+def cmd_certs(args) -> int:
+    from image3_dask.service.security import make_certificates
+
+    if args.days < 1:
+        raise ConfigError(f"--days {args.days}: give at least 1")
+    paths = make_certificates(
+        args.out, hosts=args.host or ["127.0.0.1", "localhost"], days=args.days
+    )
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
     return 0
 
 
@@ -238,8 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     argv, overrides = _split_step_overrides(argv)
     parser = _build_parser()
     args = parser.parse_args(argv)
-    if overrides and args.command != "run":
-        parser.error("--steps.<step>.<name>=<value> options only go with `run`")
+    if overrides and args.command not in ("run", "submit"):
+        parser.error("--steps.<step>.<name>=<value> options only go with `run` and `submit`")
     _setup_logging(args.verbose, args.quiet)
     try:
         if args.command == "run":
@@ -252,8 +548,20 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_config(args)
         if args.command == "demo":
             return cmd_demo(args)
+        if args.command == "submit":
+            return cmd_submit(args, overrides)
+        if args.command == "status":
+            return cmd_status(args)
+        if args.command == "cancel":
+            return cmd_cancel(args)
+        if args.command == "certs":
+            return cmd_certs(args)
     except Image3Error as exc:
         print(f"image3-dask: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unwritable output folder, full disk...: one line, no traceback
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"image3-dask: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("image3-dask: interrupted", file=sys.stderr)

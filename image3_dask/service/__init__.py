@@ -1,0 +1,1 @@
+"""Running image3-dask as a service: submitted jobs, their status, and TLS security."""

@@ -1,0 +1,232 @@
+"""TLS for the scheduler, the workers and the clients (``tls://`` addresses).
+
+Dask authenticates both ends of every connection with certificates signed by one certificate
+authority (CA): the scheduler, each worker and each client present a certificate and key, and
+trust the CA file. :func:`security_from_files` builds the :class:`distributed.Security` of the
+``--tls-ca-file/--tls-cert/--tls-key`` options; :func:`make_certificates` writes a private CA and
+one certificate for a small deployment or a test (``image3-dask certs``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+import os
+from pathlib import Path
+
+from image3_dask.errors import ConfigError
+
+__all__ = ["make_certificates", "security_from_files"]
+
+
+def _readable(path: str | os.PathLike, what: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: {what} not found")
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the {what} ({exc.strerror})") from None
+    if b"-----BEGIN" not in head:
+        raise ConfigError(f"{p}: the {what} is not a PEM file")
+    return str(p.resolve())
+
+
+def security_from_files(
+    ca_file: str | os.PathLike | None = None,
+    cert: str | os.PathLike | None = None,
+    key: str | os.PathLike | None = None,
+):
+    """The :class:`distributed.Security` of the ``--tls-*`` options, or ``None`` without them.
+
+    Parameters
+    ----------
+    ca_file : path-like, optional
+        PEM file of the certificate authority that signed the scheduler's and workers'
+        certificates.
+    cert : path-like, optional
+        PEM certificate of this client (may hold the key too).
+    key : path-like, optional
+        PEM private key of ``cert`` (when not in the same file).
+
+    Returns
+    -------
+    distributed.Security or None
+        Encryption required, for client connections.
+
+    Raises
+    ------
+    ConfigError
+        When only some of the files are given, or one is missing or not PEM.
+    """
+    if not (ca_file or cert or key):
+        return None
+    if not (ca_file and cert):
+        raise ConfigError("TLS needs at least --tls-ca-file and --tls-cert (and --tls-key)")
+    from distributed import Security
+
+    ca = _readable(ca_file, "TLS CA file")
+    crt = _readable(cert, "TLS certificate")
+    k = _readable(key, "TLS key") if key else None
+    return Security(tls_ca_file=ca, tls_client_cert=crt, tls_client_key=k, require_encryption=True)
+
+
+def make_certificates(
+    folder: str | os.PathLike,
+    hosts: list[str] | tuple[str, ...] = ("127.0.0.1", "localhost"),
+    days: int = 365,
+) -> dict[str, Path]:
+    """Write a private CA and one certificate/key signed by it, valid for ``hosts``.
+
+    One certificate for the scheduler, the workers and the clients is enough for a small
+    deployment; give each its own in production (same CA).
+
+    Parameters
+    ----------
+    folder : path-like
+        Where ``ca.pem``, ``cert.pem`` and ``key.pem`` are written (keys with mode 0600).
+    hosts : sequence of str
+        Host names and IP addresses the certificate is valid for (subject alternative names).
+    days : int
+        Validity.
+
+    Returns
+    -------
+    dict
+        ``{"ca": path, "cert": path, "key": path}``.
+
+    Notes
+    -----
+    Uses the ``cryptography`` package when installed, else the ``openssl`` command. The CA's
+    private key is not kept: make a new set to add hosts.
+    """
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    hosts = list(hosts) or ["127.0.0.1"]
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        return _make_certificates_openssl(out, hosts, days)
+    return _make_certificates_cryptography(out, hosts, days)
+
+
+def _key_file(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+
+
+def _make_certificates_openssl(out: Path, hosts: list[str], days: int) -> dict[str, Path]:
+    import shutil
+    import subprocess
+    import tempfile
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise ConfigError(
+            "making certificates needs the cryptography package or the openssl command"
+        )
+    sans = []
+    for h in hosts:
+        try:
+            ipaddress.ip_address(h)
+            sans.append(f"IP:{h}")
+        except ValueError:
+            sans.append(f"DNS:{h}")
+    paths = {"ca": out / "ca.pem", "cert": out / "cert.pem", "key": out / "key.pem"}
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    with tempfile.TemporaryDirectory(prefix="image3-certs-") as tmp:
+        t = Path(tmp)
+        (t / "ext.cnf").write_text(
+            f"subjectAltName={','.join(sans)}\nbasicConstraints=critical,CA:FALSE\n"
+            "extendedKeyUsage=serverAuth,clientAuth\n"
+        )
+        os.close(_key_file(paths["key"]))
+        cmds = [
+            [openssl, "req", "-x509", *ec, "-keyout", str(t / "ca.key"), "-out", str(paths["ca"]),
+             "-days", str(days), "-subj", "/CN=image3-dask CA",
+             "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"],
+            [openssl, "req", *ec, "-keyout", str(paths["key"]), "-out", str(t / "req.csr"),
+             "-subj", f"/CN={hosts[0]}"],
+            [openssl, "x509", "-req", "-in", str(t / "req.csr"), "-CA", str(paths["ca"]),
+             "-CAkey", str(t / "ca.key"), "-CAcreateserial", "-CAserial", str(t / "ca.srl"), "-out", str(paths["cert"]),
+             "-days", str(days), "-extfile", str(t / "ext.cnf")],
+        ]  # fmt: skip
+        for cmd in cmds:
+            r = subprocess.run(cmd, capture_output=True, text=True, cwd=t)
+            if r.returncode != 0:
+                last = (r.stderr.strip().splitlines() or ["failed"])[-1]
+                raise ConfigError(f"openssl {cmd[1]} failed: {last}")
+    os.chmod(paths["key"], 0o600)
+    return paths
+
+
+def _make_certificates_cryptography(out: Path, hosts: list[str], days: int) -> dict[str, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = _dt.datetime.now(_dt.UTC) - _dt.timedelta(minutes=5)
+    until = now + _dt.timedelta(days=days)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "image3-dask CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    paths = {"ca": out / "ca.pem", "cert": out / "cert.pem", "key": out / "key.pem"}
+    paths["ca"].write_bytes(ca_cert.public_bytes(pem))
+    paths["cert"].write_bytes(cert.public_bytes(pem))
+    with os.fdopen(_key_file(paths["key"]), "wb") as fh:
+        fh.write(
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+    return paths

@@ -1,0 +1,132 @@
+"""Deployment files: the Slurm job script dask-jobqueue generates, and that the compose and
+Kubernetes files hold valid image3-dask commands (no Docker engine or Slurm needed)."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from image3_dask.cli import _build_parser, _split_step_overrides
+from image3_dask.pipeline.cluster import ClusterError, load_jobqueue_config, make_slurm_cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBQUEUE = ROOT / "deploy" / "slurm" / "jobqueue.yaml"
+
+
+def parses_as_cli(argv: list[str]) -> None:
+    assert argv[0] == "image3-dask", argv
+    rest, overrides = _split_step_overrides(argv[1:])
+    args = _build_parser().parse_args(rest)
+    if overrides:
+        from image3_dask.pipeline.config import PipelineConfig
+
+        assert args.command in ("run", "submit")
+        PipelineConfig().apply_overrides(overrides)
+
+
+def test_slurm_job_script_from_the_deploy_config():
+    pytest.importorskip("dask_jobqueue")
+    cluster = make_slurm_cluster(
+        JOBQUEUE,
+        dashboard_address="127.0.0.1:0",
+        scheduler_options={"host": "127.0.0.1"},
+        queue="debug",
+    )
+    try:
+        script = cluster.job_script()
+        address = cluster.scheduler_address
+    finally:
+        cluster.close()
+    lines = script.splitlines()
+    assert lines[0] == "#!/usr/bin/env bash"
+    for directive in (
+        "#SBATCH -J dask-worker",
+        "#SBATCH -p debug",
+        "#SBATCH -n 1",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=30G",
+        "#SBATCH -t 02:00:00",
+        "#SBATCH --export=ALL",
+    ):
+        assert directive in lines, script
+    assert "export MPLBACKEND=Agg" in lines
+    command = lines[-1]
+    assert "distributed.cli.dask_worker" in command and address in command
+    assert address.startswith("tcp://127.0.0.1:")
+    argv = shlex.split(command)
+    assert argv[argv.index("--nthreads") + 1] == "1"
+    assert argv[argv.index("--nworkers") + 1] == "8"
+    assert argv[argv.index("--resources") + 1] == "image3-driver=1"
+    assert argv[argv.index("--local-directory") + 1] == "$TMPDIR"
+    assert "--memory-limit" in argv and "--nanny" in argv
+
+
+def test_bad_jobqueue_config_is_a_clear_error(tmp_path):
+    bad = tmp_path / "jq.yaml"
+    bad.write_text("jobqueue:\n  slurm:\n    cores: 2\n    gpus: 4\n")
+    with pytest.raises(ClusterError, match="unknown jobqueue.slurm setting 'gpus'"):
+        load_jobqueue_config(bad)
+    with pytest.raises(ClusterError, match="not found"):
+        load_jobqueue_config(tmp_path / "missing.yaml")
+    bad.write_text("jobqueue: [\n")
+    with pytest.raises(ClusterError, match="not a readable YAML"):
+        load_jobqueue_config(bad)
+    assert load_jobqueue_config(JOBQUEUE)["cores"] == 8
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is not None, reason="Slurm is installed here")
+def test_cluster_slurm_without_slurm_is_one_clear_error(small_dither, tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-m", "image3_dask.cli", "run", str(small_dither.asn_path), "-o",
+         str(out), "--cluster", "slurm", "--jobqueue-config", str(JOBQUEUE)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "sbatch" in lines[0] and "Slurm login node" in lines[0]
+    assert not out.exists()
+
+
+def test_compose_file():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"scheduler", "worker", "submit"} <= set(services)
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)  # never on all interfaces
+        cmd = svc["command"]
+        if cmd[:2] == ["sh", "-c"]:
+            for part in cmd[2].split("&&"):
+                parses_as_cli(shlex.split(part))
+        assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert services["worker"]["deploy"]["replicas"] >= 2
+    assert "data:/data" in services["worker"]["volumes"]
+    assert "data:/data" in services["submit"]["volumes"]
+    assert services["worker"]["command"][:3] == ["dask", "worker", "tcp://scheduler:8786"]
+
+
+def test_dockerfile():
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    froms = [ln.split()[1] for ln in text.splitlines() if ln.startswith("FROM ")]
+    assert froms and all(f == "python:3.11-slim" for f in froms)
+    assert '".[cluster]"' in text and "USER image3" in text
+
+
+def test_kubernetes_manifests():
+    docs = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/daskcluster.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    assert {"PersistentVolumeClaim", "DaskCluster", "DaskAutoscaler"} <= set(kinds)
+    dc = kinds["DaskCluster"]["spec"]
+    assert dc["scheduler"]["service"]["type"] == "ClusterIP"
+    worker = dc["worker"]["spec"]["containers"][0]
+    assert worker["args"][:2] == ["dask", "worker"]
+    assert worker["args"][worker["args"].index("--nthreads") + 1] == "1"
+    job = yaml.safe_load((ROOT / "deploy/kubernetes/submit-job.yaml").read_text())
+    parses_as_cli(job["spec"]["template"]["spec"]["containers"][0]["args"])
