@@ -11,6 +11,8 @@ def test_tiles_are_split_for_parallelism_but_not_too_small():
     # never below 256 px, never above what memory allows or the grid
     assert _enough_tiles((500, 500), (300, 300), threads=64) == (256, 256)
     assert _enough_tiles((128, 128), (10000, 10000), threads=2) == (128, 128)
+    # memory to spare: tiles stay at most 1024 px, so memory per task is flat in mosaic size
+    assert _enough_tiles((8192, 8192), (20000, 20000), threads=2) == (1024, 1024)
 
 
 def test_wcs_fingerprint_sees_small_corrections(small_dither):

@@ -236,15 +236,23 @@ def _total_threads(client) -> int:
         return 1
 
 
-def _enough_tiles(tile_shape, grid_shape, threads: int, per_thread: int = 4, min_side: int = 256):
-    """Shrink memory-derived tiles so every worker thread gets several (never below ``min_side``).
+def _enough_tiles(
+    tile_shape,
+    grid_shape,
+    threads: int,
+    per_thread: int = 4,
+    min_side: int = 256,
+    max_side: int = 1024,
+):
+    """Shrink memory-derived tiles so every worker thread gets several.
 
     Tiles are the unit of parallelism: one tile for the whole mosaic would leave all workers
-    but one idle. Sides stay multiples of 64.
+    but one idle. Sides stay multiples of 64, between ``min_side`` and ``max_side`` (so that
+    memory per task stays flat as mosaics grow, even where workers have memory to spare).
     """
     ny, nx = grid_shape
     side = int(np.sqrt(ny * nx / float(per_thread * threads)))
-    side = max(min_side, side - side % 64)
+    side = min(max_side, max(min_side, side - side % 64))
     return (min(tile_shape[0], side, ny), min(tile_shape[1], side, nx))
 
 

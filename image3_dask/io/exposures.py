@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
     "group_id_from_observation",
     "read_exposure_info",
     "read_exposures",
+    "try_read_exposure_info",
     "read_pixels",
 ]
 
@@ -262,29 +264,54 @@ def read_exposure_info(path: str | os.PathLike, index: int = 0) -> ExposureInfo:
         model.close()
 
 
-def read_exposures(paths: list[Path]) -> list[ExposureInfo]:
+def try_read_exposure_info(path: str | os.PathLike, index: int) -> ExposureInfo | str:
+    """:func:`read_exposure_info`, returning the problem as a message instead of raising.
+
+    This is the task run on workers when the exposures are validated in parallel.
+    """
+    try:
+        return read_exposure_info(path, index=index)
+    except InputError as exc:
+        return str(exc)
+
+
+def read_exposures(
+    paths: list[Path],
+    mapper: Callable[[list[tuple[Path, int]]], list[ExposureInfo | str]] | None = None,
+) -> list[ExposureInfo]:
     """Read and validate every exposure of an association before any work starts.
 
     All problems are collected and reported together, one line per file.
+
+    Parameters
+    ----------
+    paths : list of Path
+        The members, in association order.
+    mapper : callable, optional
+        Applies :func:`try_read_exposure_info` to a list of ``(path, index)`` pairs and returns
+        the results in order (e.g. as tasks on a cluster); serial when omitted.
 
     Raises
     ------
     InputError
         When any exposure is unusable, or the exposures do not share instrument and filter.
     """
-    infos: list[ExposureInfo] = []
     problems: list[str] = []
     seen: dict[Path, int] = {}
+    todo: list[tuple[Path, int]] = []
     for i, p in enumerate(paths):
         rp = Path(p).resolve()
         if rp in seen:
             problems.append(f"{p}: listed twice in the association (members {seen[rp]} and {i})")
             continue
         seen[rp] = i
-        try:
-            infos.append(read_exposure_info(p, index=len(infos)))
-        except InputError as exc:
-            problems.append(str(exc))
+        todo.append((Path(p), len(todo)))
+    if mapper is None:
+        results = [try_read_exposure_info(p, i) for p, i in todo]
+    else:
+        results = mapper(todo)
+    infos = [r for r in results if isinstance(r, ExposureInfo)]
+    problems += [r for r in results if isinstance(r, str)]
     if not problems and infos:
         ref = infos[0]
         for info in infos[1:]:
@@ -328,7 +355,8 @@ def read_pixels(
                 if ext not in hdul:
                     out[name] = None
                     continue
-                arr = np.asarray(hdul[ext].section[region])
+                # whole rows are one contiguous read; column slicing is then done in memory
+                arr = np.asarray(hdul[ext].section[region[0], :])[:, region[1]]
                 dtype = np.uint32 if name == "dq" else np.float32
                 out[name] = arr.astype(dtype, copy=True)
     except OSError as exc:

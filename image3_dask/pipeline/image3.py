@@ -8,12 +8,14 @@ import os
 import shutil
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from image3_dask.errors import ConfigError, Image3Error, StepNotAvailableError
+from image3_dask.graph.tasks import TaskSpec, run_tasks
 from image3_dask.io.asn import resolve_inputs
-from image3_dask.io.exposures import read_exposures
+from image3_dask.io.exposures import read_exposures, try_read_exposure_info
 from image3_dask.pipeline.cluster import connect
 from image3_dask.pipeline.config import PipelineConfig
 from image3_dask.pipeline.context import RunContext
@@ -166,21 +168,33 @@ class Image3Pipeline:
         for step in STEP_ORDER:
             if not self.config[step].skip:
                 _step_runner(step)  # fail before any work when a step is unavailable
-        exposures = read_exposures(asn.members)  # validates everything; nothing written yet
         output_dir = Path(output_dir).resolve()
-        for info in exposures:
-            if info.path.parent == output_dir and info.path.name.startswith(asn.product_name + "_"):
-                raise ConfigError(f"{info.path}: an input would be overwritten by a product")
-        output_dir.mkdir(parents=True, exist_ok=True)
         timings: dict[str, float] = {}
-        with _OutputLock(output_dir, asn.product_name):
-            work_dir = output_dir / f"{asn.product_name}_work"
-            with connect(
-                scheduler, n_workers, memory_limit, dashboard_address, security, client=client
-            ) as c:
-                link = getattr(c, "dashboard_link", None)
-                if link and progress:
-                    log.info("Dask dashboard: %s", link)
+        with connect(
+            scheduler, n_workers, memory_limit, dashboard_address, security, client=client
+        ) as c:
+            link = getattr(c, "dashboard_link", None)
+            if link and progress:
+                log.info("Dask dashboard: %s", link)
+            token = uuid.uuid4().hex[:8]
+
+            def on_cluster(items):
+                tasks = [
+                    TaskSpec("validate-exposure", p.name, try_read_exposure_info, (p, i))
+                    for p, i in items
+                ]
+                return run_tasks(c, tasks, token, label="reading exposures", progress=progress)
+
+            # validates every member (in parallel); nothing is written before this succeeds
+            exposures = read_exposures(asn.members, mapper=on_cluster)
+            for info in exposures:
+                if info.path.parent == output_dir and info.path.name.startswith(
+                    asn.product_name + "_"
+                ):
+                    raise ConfigError(f"{info.path}: an input would be overwritten by a product")
+            output_dir.mkdir(parents=True, exist_ok=True)
+            with _OutputLock(output_dir, asn.product_name):
+                work_dir = output_dir / f"{asn.product_name}_work"
                 ctx = RunContext(
                     client=c,
                     config=self.config,
@@ -188,6 +202,7 @@ class Image3Pipeline:
                     output_dir=output_dir,
                     work_dir=work_dir,
                     progress=progress,
+                    token=token,
                 )
                 ctx.products["dashboard"] = link
                 for step in STEP_ORDER:
@@ -199,9 +214,8 @@ class Image3Pipeline:
                     exposures = _step_runner(step)(ctx, exposures)
                     timings[step] = time.perf_counter() - t0
                     log.info("Step %s done in %.1f s", step, timings[step])
-            if not keep_work and work_dir.exists():
-                shutil.rmtree(work_dir, ignore_errors=True)
+                if not keep_work and work_dir.exists():
+                    shutil.rmtree(work_dir, ignore_errors=True)
         ctx.products["timings"] = timings
         ctx.products["exposures"] = exposures
         return ctx.products
-
