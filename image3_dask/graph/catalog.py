@@ -1,0 +1,764 @@
+"""The source_catalog step as a graph: single-frame or tiled detection and measurement.
+
+Two modes give the same catalog and segmentation map (the tiled flow reproduces the
+single-frame computation exactly, see :mod:`image3_dask.algorithms.catalog.tiled`):
+
+* **single frame** (``tiled='never'``, or ``'auto'`` when the mosaic fits in a worker): one
+  task (``catalog-frame``) reads SCI/ERR/WHT of the i2d and runs
+  :func:`~image3_dask.algorithms.catalog.make_source_catalog`.
+* **tiled** (``tiled='always'``, or ``'auto'`` when it does not fit): the mosaic is read from
+  its Zarr store, a region per task:
+
+  1. ``catalog-background`` per tile: background-mesh statistics of the boxes of the tile
+     (tiles are multiples of the ``bkg_boxsize`` box); the small mesh is finished on the client.
+  2. ``catalog-detect`` per tile: detection and labelling of the tile core with a halo; the
+     local labels go to a work Zarr plane, small summaries come back.
+  3. The labels are joined across tile borders on the client (small arrays).
+  4. ``catalog-measure`` per source group (the segments whose first pixel lies in a tile, and
+     each segment larger than a tile on its own): deblending and measurements on the group's
+     cutout. Source ids are then assigned on the client (stable: raster order of the
+     segments, then deblended children, as photutils numbers them).
+  5. ``catalog-segm`` per tile: the final ids painted into the tile of a Zarr plane.
+
+In both modes the segmentation map is a plane ``segm`` of the mosaic store, streamed to
+``<product>_segm.fits``; the catalog is written to ``<product>_cat.ecsv`` by the client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.table import QTable
+
+from image3_dask.algorithms.catalog import (
+    SIMULATED_DEFAULTS,
+    BackgroundMesh,
+    CatalogParams,
+    GroupResult,
+    IdMap,
+    TileDetection,
+    abvega_offset_from_table,
+    aperture_params_from_table,
+    assign_source_ids,
+    coverage_mask,
+    default_refdata,
+    detect_tile,
+    detection_halo,
+    effective_box_size,
+    finalize_catalog,
+    finalize_mesh,
+    group_window,
+    join_tile_labels,
+    make_source_catalog,
+    measure_group,
+    measurement_margin,
+    mesh_statistics,
+    segmentation_tile,
+    to_jy,
+)
+from image3_dask.algorithms.catalog.refdata import FALLBACK_APERTURE_PARAMS
+from image3_dask.algorithms.tiles import Tile, plan_tiles
+from image3_dask.errors import ConfigError, InputError, StepNotAvailableError
+from image3_dask.graph.plan import _worker_memory
+from image3_dask.graph.tasks import TaskSpec, run_tasks
+from image3_dask.io.catalog_products import (
+    SEGM_PLANE,
+    ensure_plane,
+    read_abvega_table,
+    read_apcorr_table,
+    read_i2d_meta,
+    segm_model_from_i2d,
+    write_catalog,
+    write_segm,
+)
+from image3_dask.io.mosaic_store import MosaicStore
+
+log = logging.getLogger("image3_dask")
+
+__all__ = [
+    "BYTES_PER_PIXEL",
+    "MosaicInfo",
+    "RefData",
+    "catalog_params",
+    "catalog_tile_shape",
+    "choose_mode",
+    "resolve_refdata",
+    "run",
+]
+
+#: Peak memory of the single-frame catalog per mosaic pixel (SCI/ERR/WHT inputs, Jy copies,
+#: background and RMS, convolved image, threshold, labels, segmentation and photutils'
+#: temporaries; measured ~86 B/pixel, rounded up).
+BYTES_PER_PIXEL = 120
+
+#: Fraction of a worker's memory limit a catalog task may plan to use.
+MEMORY_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class MosaicInfo:
+    """What the catalog needs to know about the mosaic (small; sent to tasks).
+
+    Attributes
+    ----------
+    i2d : Path
+        The ``*_i2d.fits`` file.
+    store : Path or None
+        Its Zarr store (``*_i2d.zarr``) when present and consistent with the file.
+    shape : tuple of int
+        ``(ny, nx)``.
+    pixel_area_sr : float
+        ``meta.photometry.pixelarea_steradians`` (MJy/sr -> Jy).
+    reference_pixel : tuple of float
+        0-based ``(x, y)`` of the WCS reference pixel (``CRPIX - 1``, as jwst).
+    wcs : object
+        The mosaic gwcs.
+    """
+
+    i2d: Path
+    store: Path | None
+    shape: tuple[int, int]
+    pixel_area_sr: float
+    reference_pixel: tuple[float, float]
+    wcs: Any
+
+
+@dataclass(frozen=True)
+class RefData:
+    """Aperture parameters and AB-Vega offset, and where they came from.
+
+    Attributes
+    ----------
+    aperture_params : dict
+        Radii (mosaic pixels), corrections, encircled energies, background annulus.
+    abvega_offset : float
+        ``m_AB - m_Vega``.
+    source : str
+        Human-readable origin (logged).
+    """
+
+    aperture_params: dict[str, Any]
+    abvega_offset: float
+    source: str
+
+
+# --------------------------------------------------------------------------- parameters
+def catalog_params(cfg: dict) -> CatalogParams:
+    """The algorithm parameters from the step's (jwst-named) parameters.
+
+    Parameters
+    ----------
+    cfg : dict
+        ``ctx.config["source_catalog"]``.
+
+    Returns
+    -------
+    CatalogParams
+        Segmentation-catalog parameters.
+    """
+    return CatalogParams(
+        snr_threshold=float(cfg["snr_threshold"]),
+        bkg_boxsize=int(cfg["bkg_boxsize"]),
+        kernel_fwhm=float(cfg["kernel_fwhm"]),
+        npixels=int(cfg["npixels"]),
+        connectivity=int(cfg["connectivity"]),
+        nlevels=int(cfg["nlevels"]),
+        contrast=float(cfg["contrast"]),
+        multithresh_mode=str(cfg["multithresh_mode"]),
+        deblend=bool(cfg["deblend"]),
+        localbkg_width=int(cfg["localbkg_width"]),
+        apermask_method=str(cfg["apermask_method"]),
+        ci1_star_threshold=float(cfg["ci1_star_threshold"]),
+        ci2_star_threshold=float(cfg["ci2_star_threshold"]),
+    )
+
+
+def _extra_meta(cfg: dict) -> dict[str, Any]:
+    kron = cfg.get("kron_params")
+    return {
+        "local_bkg_width": int(cfg["localbkg_width"]),
+        "aperture_mask_method": str(cfg["apermask_method"]),
+        "kron_params": tuple(kron) if kron else (2.5, 1.4, 0.0),
+    }
+
+
+def resolve_refdata(cfg: dict, meta) -> RefData:
+    """Aperture corrections and AB-Vega offset: override files, else documented defaults.
+
+    Order, for each of the two: the ``override_apcorr`` / ``override_abvegaoffset`` file;
+    else, for an instrument/filter of :data:`SIMULATED_DEFAULTS` (the simulated MIRI F770W and
+    NIRCam F200W), the documented defaults of
+    :func:`~image3_dask.algorithms.catalog.default_refdata`; else jwst's fallback without
+    reference files (radii 1, 2, 3 px without aperture correction; AB-Vega offset 0), with
+    jwst's warnings.
+
+    Parameters
+    ----------
+    cfg : dict
+        Step parameters.
+    meta : stdatamodels.jwst.datamodels.ImageModel
+        Mosaic metadata (instrument, filter, pupil, subarray, detector, pixel_scale_ratio).
+
+    Returns
+    -------
+    RefData
+        The values and their origin.
+
+    Raises
+    ------
+    InputError
+        When an override file is unreadable or has no row for the mosaic's configuration.
+    ConfigError
+        When the aperture encircled energies are invalid.
+    """
+    inst = (meta.meta.instrument.name or "").upper()
+    filt = meta.meta.instrument.filter
+    pupil = meta.meta.instrument.pupil
+    detector = meta.meta.instrument.detector
+    subarray = meta.meta.subarray.name
+    ee = (int(cfg["aperture_ee1"]), int(cfg["aperture_ee2"]), int(cfg["aperture_ee3"]))
+    ratio = meta.meta.resample.pixel_scale_ratio
+    if ratio is None:
+        log.warning(
+            "model.meta.resample.pixel_scale_ratio was not found. Assuming the native "
+            "detector pixel scale (i.e., pixel_scale_ratio = 1)"
+        )
+        ratio = 1.0
+    simulated = (inst, str(filt).upper()) in SIMULATED_DEFAULTS
+    sources = []
+    if cfg.get("override_apcorr"):
+        path = cfg["override_apcorr"]
+        table = read_apcorr_table(path)
+        try:
+            ap = aperture_params_from_table(
+                table,
+                instrument=inst,
+                filter_name=filt,
+                pupil=pupil,
+                subarray=subarray,
+                aperture_ee=ee,
+                pixel_scale_ratio=ratio,
+            )
+        except (ValueError, KeyError) as exc:
+            raise InputError(f"{path}: override_apcorr: {exc}") from None
+        sources.append(f"APCORR from {path}")
+    elif simulated:
+        try:
+            ap, _ = default_refdata(inst, filt, aperture_ee=ee, pixel_scale_ratio=ratio)
+        except ValueError as exc:
+            raise ConfigError(f"source_catalog.aperture_ee: {exc}") from None
+        spec = SIMULATED_DEFAULTS[(inst, str(filt).upper())]
+        sources.append(
+            f"APCORR: image3-dask defaults for simulated {inst} {filt} (Gaussian PSF, FWHM "
+            f'{spec.psf_fwhm_arcsec}" = {spec.psf_fwhm_pixels:.2f} native px; '
+            "use override_apcorr for real data)"
+        )
+    else:
+        log.warning(
+            "APCorrModel reference file was not input. Using fallback aperture sizes "
+            "without any aperture corrections."
+        )
+        ap = dict(FALLBACK_APERTURE_PARAMS)
+        sources.append("APCORR: jwst fallback (no aperture correction)")
+    if cfg.get("override_abvegaoffset"):
+        path = cfg["override_abvegaoffset"]
+        table = read_abvega_table(path)
+        try:
+            offset = abvega_offset_from_table(
+                table, instrument=inst, filter_name=filt, pupil=pupil, detector=detector
+            )
+        except (ValueError, KeyError) as exc:
+            raise InputError(f"{path}: override_abvegaoffset: {exc}") from None
+        sources.append(f"ABVEGAOFFSET from {path}")
+    elif simulated:
+        offset = SIMULATED_DEFAULTS[(inst, str(filt).upper())].abvega_offset
+        sources.append(f"ABVEGAOFFSET: image3-dask default for simulated {inst} {filt}")
+    else:
+        log.warning(
+            "ABVEGAOFFSET reference file was not input. Catalog Vega magnitudes are not correct."
+        )
+        offset = 0.0
+        sources.append("ABVEGAOFFSET: jwst fallback (0)")
+    return RefData(ap, float(offset), "; ".join(sources))
+
+
+def catalog_tile_shape(
+    shape: tuple[int, int],
+    box: tuple[int, int],
+    chunks: tuple[int, int],
+    max_pixels: int | None = None,
+) -> tuple[int, int]:
+    """Tile shape of the tiled catalog: the store's chunks rounded up to whole mesh boxes.
+
+    Tiles must be made of whole background boxes (so that every box is computed by one
+    task) and should be read chunk by chunk from the store.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Mosaic shape.
+    box : tuple of int
+        Effective background box size.
+    chunks : tuple of int
+        Chunk shape of the mosaic store (the resample tiles).
+    max_pixels : int, optional
+        Memory cap: tiles are shrunk (by whole boxes, down to one box) to at most this many
+        pixels.
+
+    Returns
+    -------
+    tuple of int
+        ``(ty, tx)``, at most the mosaic shape rounded up to whole boxes.
+    """
+    out = []
+    for n, b, c in zip(shape, box, chunks, strict=True):
+        t = max(b, int(math.ceil(c / b)) * b)
+        out.append(min(t, int(math.ceil(n / b)) * b))
+    ty, tx = out
+    by, bx = box
+    while max_pixels and ty * tx > max_pixels and (ty > by or tx > bx):
+        if ty >= tx and ty > by:
+            ty -= by
+        elif tx > bx:
+            tx -= bx
+        else:
+            ty -= by
+    return ty, tx
+
+
+def choose_mode(
+    tiled: str, shape: tuple[int, int], memory_limit: int | None, has_store: bool
+) -> tuple[bool, str]:
+    """Single-frame or tiled, from ``tiled`` and the memory estimate.
+
+    Parameters
+    ----------
+    tiled : {"auto", "always", "never"}
+        The step parameter.
+    shape : tuple of int
+        Mosaic shape.
+    memory_limit : int or None
+        Smallest worker memory per thread (bytes), None when unlimited/unknown.
+    has_store : bool
+        Whether the mosaic's Zarr store is available (tiled mode reads regions from it).
+
+    Returns
+    -------
+    tiled : bool
+        Whether to run the tiled flow.
+    reason : str
+        Why (logged).
+    """
+    need = shape[0] * shape[1] * BYTES_PER_PIXEL
+    budget = None if not memory_limit else memory_limit * MEMORY_FRACTION
+    est = f"~{need / 1e9:.2f} GB" + (f" of a {budget / 1e9:.2f} GB budget" if budget else "")
+    if tiled == "never":
+        if budget and need > budget:
+            log.warning("source_catalog: tiled=never but the mosaic needs %s per worker", est)
+        return False, f"tiled=never ({est})"
+    if tiled == "always":
+        if not has_store:
+            raise InputError(
+                "source_catalog: tiled=always needs the mosaic's Zarr store "
+                "(<product>_i2d.zarr, written by the resample step)"
+            )
+        return True, "tiled=always"
+    if budget and need > budget:
+        if not has_store:
+            log.warning(
+                "source_catalog: the mosaic needs %s but has no Zarr store; single frame", est
+            )
+            return False, f"auto, no Zarr store ({est})"
+        return True, f"auto: the mosaic does not fit in one worker ({est})"
+    return False, f"auto: the mosaic fits in one worker ({est})"
+
+
+# --------------------------------------------------------------------------- tasks
+def _read_window(store_path: Path, window: tuple[slice, slice], pixel_area_sr: float, err=True):
+    store = MosaicStore(store_path)
+    ys, xs = window
+    sci = np.asarray(store.read("sci", ys, xs), dtype=np.float32)
+    errv = np.asarray(store.read("err", ys, xs), dtype=np.float32)
+    wht = np.asarray(store.read("wht", ys, xs), dtype=np.float32)
+    cover = coverage_mask(errv, wht)
+    return to_jy(sci, pixel_area_sr), (to_jy(errv, pixel_area_sr) if err else None), cover
+
+
+def frame_task(
+    info: MosaicInfo,
+    params: CatalogParams,
+    refdata: RefData,
+    extra_meta: dict,
+    segm_store: Path,
+    segm_chunks: tuple[int, int],
+) -> QTable:
+    """Task: the single-frame catalog of the i2d; the segmentation goes to ``segm_store``.
+
+    Returns
+    -------
+    astropy.table.QTable
+        The catalog (empty when nothing is detected).
+    """
+    from astropy.io import fits
+
+    with fits.open(info.i2d, memmap=False) as hdul:
+        sci = np.asarray(hdul["SCI"].data, dtype=np.float32)
+        err = np.asarray(hdul["ERR"].data, dtype=np.float32)
+        wht = np.asarray(hdul["WHT"].data, dtype=np.float32) if "WHT" in hdul else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cat, segm = make_source_catalog(
+            sci,
+            err,
+            info.wcs,
+            wht=wht,
+            pixel_area_sr=info.pixel_area_sr,
+            aperture_params=refdata.aperture_params,
+            abvega_offset=refdata.abvega_offset,
+            reference_pixel=info.reference_pixel,
+            params=params,
+        )
+    del sci, err, wht
+    if len(cat):
+        cat.meta.update(extra_meta)
+        ensure_plane(segm_store, SEGM_PLANE, info.shape, segm_chunks)
+        MosaicStore(segm_store).write_tile(SEGM_PLANE, 0, 0, segm.astype(np.uint32))
+    return cat
+
+
+def background_task(
+    info: MosaicInfo, tile: Tile, box: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Task: background box statistics of one tile (tile origin on the box grid).
+
+    Returns
+    -------
+    background, rms : numpy.ndarray
+        Box statistics (NaN for rejected boxes).
+    n_good : int
+        Covered finite pixels of the tile.
+    """
+    data, _, cover = _read_window(info.store, tile.slices, info.pixel_area_sr, err=False)
+    values = data.value
+    bkg, rms, _ = mesh_statistics(values, cover, box)
+    return bkg, rms, int(np.count_nonzero(np.isfinite(values) & ~cover))
+
+
+def detect_task(
+    info: MosaicInfo, tile: Tile, mesh: BackgroundMesh, params: CatalogParams, labels_path: Path
+) -> TileDetection:
+    """Task: detect and label one tile (core plus halo); local labels go to ``labels_path``.
+
+    Returns
+    -------
+    TileDetection
+        Summaries for the join; ``labels`` is left empty (it is in the work store).
+    """
+    halo = detection_halo(params.kernel_fwhm)
+    y0, y1, x0, x1 = tile.padded(halo, info.shape)
+    win = (slice(y0, y1), slice(x0, x1))
+    data, _, cover = _read_window(info.store, win, info.pixel_area_sr, err=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        det = detect_tile(data, cover, mesh, window=win, core=tile.slices, params=params)
+    MosaicStore(labels_path).write_tile("labels", tile.y0, tile.x0, det.labels)
+    return dataclasses.replace(det, labels=np.zeros((0, 0), np.int32))
+
+
+def measure_task(
+    info: MosaicInfo,
+    rows: QTable,
+    window: tuple[slice, slice],
+    mesh: BackgroundMesh,
+    aperture_params: dict,
+    params: CatalogParams,
+) -> GroupResult:
+    """Task: deblend and measure a group of segments on its cutout of the mosaic."""
+    data, error, cover = _read_window(info.store, window, info.pixel_area_sr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return measure_group(
+            data,
+            error,
+            cover,
+            mesh,
+            rows,
+            window=window,
+            aperture_params=aperture_params,
+            params=params,
+        )
+
+
+def segm_task(
+    det: TileDetection,
+    tile: Tile,
+    lut: np.ndarray,
+    patches: list,
+    idmap: IdMap,
+    labels_path: Path,
+    segm_store: Path,
+) -> str:
+    """Task: paint the final source ids of one tile into the segmentation plane."""
+    labels = np.asarray(MosaicStore(labels_path).read("labels", *tile.slices), dtype=np.int32)
+    out = segmentation_tile(dataclasses.replace(det, labels=labels), lut, patches, idmap)
+    MosaicStore(segm_store).write_tile(SEGM_PLANE, tile.y0, tile.x0, out.astype(np.uint32))
+    return tile.name
+
+
+# --------------------------------------------------------------------------- flows
+def _run_tiled(
+    ctx, info: MosaicInfo, params: CatalogParams, refdata: RefData, extra_meta, segm_store: Path
+) -> tuple[QTable, tuple[int, int]]:
+    shape = info.shape
+    box = effective_box_size(params.bkg_boxsize, shape)
+    chunks = MosaicStore(info.store).read_chunks("sci")[-2:]
+    limit = _worker_memory(ctx.client)
+    max_pixels = int(limit * MEMORY_FRACTION / BYTES_PER_PIXEL / 4) if limit else None
+    tshape = catalog_tile_shape(shape, box, chunks, max_pixels)
+    tiles = plan_tiles(shape, tshape)
+    nty = len({t.iy for t in tiles})
+    ntx = len({t.ix for t in tiles})
+    log.info(
+        "source_catalog: tiled, %d tiles of %dx%d (background box %dx%d)",
+        len(tiles),
+        tshape[0],
+        tshape[1],
+        box[0],
+        box[1],
+    )
+    label = "source_catalog"
+    # 1. background mesh
+    stats = run_tasks(
+        ctx.client,
+        [TaskSpec("catalog-background", t.name, background_task, (info, t, box)) for t in tiles],
+        ctx.token,
+        label=f"{label}: background",
+        progress=ctx.progress,
+    )
+    if sum(s[2] for s in stats) == 0:
+        return QTable(), tshape
+    bkg = np.block([[stats[i * ntx + j][0] for j in range(ntx)] for i in range(nty)])
+    rms = np.block([[stats[i * ntx + j][1] for j in range(ntx)] for i in range(nty)])
+    try:
+        mesh = finalize_mesh(bkg, rms, box, shape)
+    except ValueError:
+        raise InputError(
+            f"{info.i2d}: every background box of {box[0]}x{box[1]} pixels has too few covered "
+            "pixels; the official fallback (one box of the whole mosaic) needs the mosaic in "
+            "one task: use source_catalog.tiled=never or a smaller bkg_boxsize"
+        ) from None
+    # 2. detection per tile
+    labels_path = ctx.work_dir / "catalog_labels.zarr"
+    ensure_plane(labels_path, "labels", shape, tshape, dtype="int32")
+    dets = run_tasks(
+        ctx.client,
+        [
+            TaskSpec("catalog-detect", t.name, detect_task, (info, t, mesh, params, labels_path))
+            for t in tiles
+        ],
+        ctx.token,
+        label=f"{label}: detect",
+        progress=ctx.progress,
+    )
+    # 3. join across tile borders
+    parents, luts = join_tile_labels(dets, n_pixels=params.npixels, shape=shape)
+    log.info("source_catalog: %d segments after joining tile labels", len(parents))
+    if len(parents) == 0:
+        return QTable(), tshape
+    # 4. measure per group
+    margin = measurement_margin(params.kernel_fwhm, refdata.aperture_params)
+    groups = _groups(parents, tiles, tshape, ntx)
+    tasks = []
+    for name, rows in groups:
+        win = group_window(rows, margin, shape)
+        tasks.append(
+            TaskSpec(
+                "catalog-measure",
+                name,
+                measure_task,
+                (info, rows, win, mesh, refdata.aperture_params, params),
+            )
+        )
+    results = run_tasks(
+        ctx.client, tasks, ctx.token, label=f"{label}: measure", progress=ctx.progress
+    )
+    tables = [r.table for r in results]
+    idmap = assign_source_ids(tables)
+    catalog = finalize_catalog(
+        tables,
+        wcs=info.wcs,
+        aperture_params=refdata.aperture_params,
+        abvega_offset=refdata.abvega_offset,
+        ci_star_thresholds=(params.ci1_star_threshold, params.ci2_star_threshold),
+        reference_pixel=info.reference_pixel,
+        shape=shape,
+        extra_meta=extra_meta,
+    )
+    # 5. segmentation map tile by tile
+    patches = [p for r in results for p in r.patches]
+    ensure_plane(segm_store, SEGM_PLANE, shape, tshape)
+    tasks = []
+    for t, det, lut in zip(tiles, dets, luts, strict=True):
+        mine = [p for p in patches if _overlaps(p, t)]
+        tasks.append(
+            TaskSpec(
+                "catalog-segm",
+                t.name,
+                segm_task,
+                (det, t, lut, mine, idmap, labels_path, segm_store),
+            )
+        )
+    run_tasks(ctx.client, tasks, ctx.token, label=f"{label}: segm", progress=ctx.progress)
+    return catalog, tshape
+
+
+def _overlaps(patch, tile: Tile) -> bool:
+    _, (py0, px0), children = patch
+    ny, nx = children.shape
+    return py0 < tile.y1 and py0 + ny > tile.y0 and px0 < tile.x1 and px0 + nx > tile.x0
+
+
+def _groups(
+    parents: QTable, tiles: list[Tile], tshape: tuple[int, int], ntx: int
+) -> list[tuple[str, QTable]]:
+    """Segments by the tile of their first pixel; a segment larger than a tile on its own."""
+    ty, tx = tshape
+    owner = np.asarray(parents["seed_y"] // ty * ntx + parents["seed_x"] // tx)
+    span_y = np.asarray(parents["bbox_ymax"] - parents["bbox_ymin"] + 1)
+    span_x = np.asarray(parents["bbox_xmax"] - parents["bbox_xmin"] + 1)
+    big = (span_y > ty) | (span_x > tx)
+    out = []
+    for k in np.unique(owner):
+        sel = (owner == k) & ~big
+        if sel.any():
+            out.append((tiles[k].name, parents[sel]))
+        for i in np.flatnonzero((owner == k) & big):
+            out.append((f"{tiles[k].name}-s{int(parents['parent_id'][i])}", parents[i : i + 1]))
+    return out
+
+
+def _locate_mosaic(ctx) -> tuple[Path | None, Path | None]:
+    i2d = ctx.products.get("i2d")
+    if i2d is None:
+        candidate = ctx.product_path("i2d")
+        if candidate.is_file():
+            log.info("source_catalog: using the existing mosaic %s (resample skipped)", candidate)
+            i2d = candidate
+    store = ctx.products.get("i2d_zarr")
+    if store is None and i2d is not None:
+        candidate = Path(i2d).with_suffix(".zarr")
+        store = candidate if (candidate / "sci" / "zarr.json").is_file() else None
+    return (Path(i2d) if i2d else None), (Path(store) if store else None)
+
+
+def _store_usable(store: Path | None, shape: tuple[int, int]) -> bool:
+    if store is None:
+        return False
+    s = MosaicStore(store)
+    return all(s.has(p) for p in ("sci", "err", "wht")) and s.shape("sci") == tuple(shape)
+
+
+def run(ctx, exposures: list) -> list:
+    """The source_catalog step: ``<product>_cat.ecsv`` and ``<product>_segm.fits``.
+
+    Parameters
+    ----------
+    ctx : RunContext
+        The run (client, parameters, products of the earlier steps).
+    exposures : list of ExposureInfo
+        Passed through unchanged.
+
+    Returns
+    -------
+    list of ExposureInfo
+        ``exposures``.
+    """
+    cfg = dict(ctx.config["source_catalog"])
+    if cfg["starfinder"] != "segmentation":
+        raise StepNotAvailableError(
+            f"source_catalog.starfinder={cfg['starfinder']!r} is not available; "
+            "only 'segmentation' (the default) is"
+        )
+    i2d, store = _locate_mosaic(ctx)
+    if i2d is None:
+        log.warning(
+            "source_catalog: no mosaic (resample skipped, no %s); skipped",
+            ctx.product_path("i2d").name,
+        )
+        return exposures
+    meta, shape = read_i2d_meta(i2d)
+    if meta.meta.bunit_data not in (None, "MJy/sr") or meta.meta.bunit_err not in (None, "MJy/sr"):
+        raise InputError(f"{i2d}: data and err must be in MJy/sr, not {meta.meta.bunit_data}")
+    area = meta.meta.photometry.pixelarea_steradians
+    if not area:
+        raise InputError(f"{i2d}: meta.photometry.pixelarea_steradians is missing")
+    crpix = (meta.meta.wcsinfo.crpix1, meta.meta.wcsinfo.crpix2)
+    ref_pix = (
+        (float(crpix[0]) - 1.0, float(crpix[1]) - 1.0)
+        if None not in crpix
+        else ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
+    )
+    store = store if _store_usable(store, shape) else None
+    info = MosaicInfo(Path(i2d), store, shape, float(area), ref_pix, meta.meta.wcs)
+    params = catalog_params(cfg)
+    refdata = resolve_refdata(cfg, meta)
+    log.info("source_catalog: %s", refdata.source)
+    log.info(
+        "source_catalog: snr_threshold=%g npixels=%d kernel_fwhm=%g bkg_boxsize=%d deblend=%s",
+        params.snr_threshold,
+        params.npixels,
+        params.kernel_fwhm,
+        params.bkg_boxsize,
+        params.deblend,
+    )
+    tiled, reason = choose_mode(cfg["tiled"], shape, _worker_memory(ctx.client), store is not None)
+    log.info("source_catalog: %s mode (%s)", "tiled" if tiled else "single-frame", reason)
+    segm_store = store if store is not None else ctx.work_dir / "catalog_segm.zarr"
+    extra_meta = _extra_meta(cfg)
+    if tiled:
+        catalog, chunks = _run_tiled(ctx, info, params, refdata, extra_meta, segm_store)
+    else:
+        chunks = (
+            tuple(MosaicStore(store).read_chunks("sci")[-2:])
+            if store
+            else (min(shape[0], 1024), shape[1])
+        )
+        (catalog,) = run_tasks(
+            ctx.client,
+            [
+                TaskSpec(
+                    "catalog-frame",
+                    ctx.product_name,
+                    frame_task,
+                    (info, params, refdata, extra_meta, segm_store, chunks),
+                )
+            ],
+            ctx.token,
+            label="source_catalog: frame",
+            progress=ctx.progress,
+        )
+    ctx.shared["catalog"] = catalog
+    if len(catalog) == 0:
+        log.warning("No sources found in the image. Catalog will be empty.")
+        return exposures
+    log.info("source_catalog: %d sources", len(catalog))
+    if not cfg.get("save_results", True):
+        return exposures
+    cat_path = write_catalog(catalog, ctx.product_path("cat", "ecsv"))
+    log.info("Wrote source catalog: %s", cat_path)
+    segm_path = ctx.product_path("segm")
+    meta.meta.source_catalog = cat_path.name  # as jwst sets it before copying the metadata
+    write_segm(segm_model_from_i2d(meta, segm_path.name), segm_store, segm_path)
+    log.info("Wrote segmentation map: %s", segm_path.name)
+    ctx.products["cat"] = cat_path
+    ctx.products["segm"] = segm_path
+    if segm_store == store:
+        ctx.products["segm_zarr"] = store  # plane "segm" of the mosaic store
+    return exposures
