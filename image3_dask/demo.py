@@ -91,7 +91,7 @@ def run_demo(
         products = pipeline.run(sim.asn_path, out / "output", progress=not quiet, **cluster)
     print("\nProducts:")
     for kind, value in products.items():
-        if kind in ("timings", "exposures") or value is None:
+        if kind in ("timings", "exposures") or value is None or isinstance(value, dict):
             continue
         print(f"  {kind}: {value if not isinstance(value, list) else f'{len(value)} files'}")
     cat_path = products.get("cat")
