@@ -75,10 +75,8 @@ print(json.dumps({{"time": t_step, "time_io": t_open + t_step + t_save, "peak_mb
                   "baseline_mb": base / 2**20}}))
 """
 
-_PEAK: dict = {}
 
-
-def _sampler_start() -> float:
+def _sampler_start(dask_worker=None) -> float:
     """Worker: sample this process's RSS every 10 ms in a thread; return the current RSS (MB)."""
     import threading
 
@@ -93,13 +91,13 @@ def _sampler_start() -> float:
             time.sleep(0.01)
 
     threading.Thread(target=loop, daemon=True).start()
-    _PEAK["state"] = state
+    dask_worker._bench_rss_sampler = state  # functions from __main__ are pickled by value
     return proc.memory_info().rss / 2**20
 
 
-def _sampler_stop() -> float:
+def _sampler_stop(dask_worker=None) -> float:
     """Worker: stop sampling and return the peak RSS (MB) since :func:`_sampler_start`."""
-    state = _PEAK["state"]
+    state = dask_worker._bench_rss_sampler
     state["run"] = False
     return state["peak"] / 2**20
 
