@@ -74,15 +74,20 @@ def test_second_run_on_the_same_product_is_refused(sim, tmp_path):
     lock = out / ".miri_dither.image3-dask.lock"
     lock.write_text(f"{socket.gethostname()} {os.getpid()}")  # a live run holds the product
     with pytest.raises(OutputLockedError, match="another run .* is writing product miri_dither"):
-        Image3Pipeline.call(sim.asn_path, out, steps=SKIP, progress=False)
+        Image3Pipeline.call(
+            sim.asn_path, out, steps=SKIP, progress=False, n_workers=1,
+            dashboard_address="127.0.0.1:0",
+        )
     r = subprocess.run(
-        [sys.executable, "-m", "image3_dask.cli", "run", str(sim.asn_path), "-o", str(out),
+        [sys.executable, "-m", "image3_dask.cli", "-q", "run", str(sim.asn_path), "-o", str(out),
+         "--workers", "1", "--dashboard-address", "127.0.0.1:0",
          *[f"--steps.{s}.skip=true" for s in SKIP]],
         capture_output=True, text=True, timeout=300,
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "another run" in lines[0] and str(out) in lines[0]
+    errors = [ln for ln in r.stderr.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and errors[0].startswith("image3-dask: error: "), r.stderr
+    assert "another run" in errors[0] and str(out) in errors[0]
     assert sorted(p.name for p in out.iterdir()) == [lock.name]  # nothing else written
     assert lock.read_text() == f"{socket.gethostname()} {os.getpid()}"  # not taken over
 
