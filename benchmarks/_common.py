@@ -1,15 +1,15 @@
 """Shared helpers of the benchmarks: cached simulated data, timed runs, peak memory per process.
 
-Peak memory is the maximum resident set size of each process over its life
-(``getrusage(...).ru_maxrss``): for our runs, of every worker process of a fresh local cluster;
-for the official pipeline, of the subprocess that runs it.
+Peak memory is the largest resident set size of a process, sampled every 10 ms by a thread in
+that process while the measured work runs: in every worker process of a fresh local cluster for
+our runs, in the subprocess that runs the official pipeline for theirs. (``ru_maxrss`` cannot be
+used: Linux keeps the parent's value across exec, so every worker would report its parent's.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -38,16 +38,52 @@ def dataset(name: str, **kwargs) -> Path:
     return asn
 
 
-def maxrss_mb() -> float:
-    """Peak RSS of the calling process in MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+#: Python prepended to the official pipeline's code: ``PEAK[0]`` holds the sampled peak RSS.
+RSS_SAMPLER_CODE = """
+import threading as _th, time as _t, psutil as _ps
+_proc = _ps.Process()
+PEAK = [_proc.memory_info().rss]
+def _sample():
+    while True:
+        PEAK[0] = max(PEAK[0], _proc.memory_info().rss)
+        _t.sleep(0.01)
+_th.Thread(target=_sample, daemon=True).start()
+"""
+
+
+def start_rss_sampler(dask_worker=None) -> float:
+    """Worker: sample this process's RSS every 10 ms in a thread; return the current RSS (MB)."""
+    import threading
+
+    import psutil
+
+    proc = psutil.Process()
+    state = {"peak": proc.memory_info().rss, "run": True}
+
+    def loop():
+        while state["run"]:
+            state["peak"] = max(state["peak"], proc.memory_info().rss)
+            time.sleep(0.01)
+
+    threading.Thread(target=loop, daemon=True).start()
+    dask_worker._bench_rss_sampler = state
+    return proc.memory_info().rss / 2**20
+
+
+def stop_rss_sampler(dask_worker=None) -> float:
+    """Worker: stop sampling and return the peak RSS (MB) since :func:`start_rss_sampler`."""
+    state = dask_worker._bench_rss_sampler
+    state["run"] = False
+    return state["peak"] / 2**20
 
 
 def run_official(code: str, label: str) -> dict:
     """Run Python ``code`` (which must print one JSON line) in a fresh offline subprocess."""
     env = {**os.environ, **OFFLINE_ENV}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", RSS_SAMPLER_CODE + code], capture_output=True, text=True, env=env
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{label} failed:\n{proc.stderr[-3000:]}")
@@ -56,7 +92,9 @@ def run_official(code: str, label: str) -> dict:
     return result
 
 
-def run_ours(asn: Path, out: Path, steps: dict, n_workers: int, memory_limit: str = "auto", **kw) -> dict:
+def run_ours(
+    asn: Path, out: Path, steps: dict, n_workers: int, memory_limit: str = "auto", **kw
+) -> dict:
     """Run image3-dask on a fresh local cluster; time it and read every worker's peak RSS."""
     import shutil
 
@@ -65,15 +103,30 @@ def run_ours(asn: Path, out: Path, steps: dict, n_workers: int, memory_limit: st
     from image3_dask.pipeline.image3 import Image3Pipeline
 
     shutil.rmtree(out, ignore_errors=True)
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                      memory_limit=memory_limit, dashboard_address=":0") as cluster, Client(cluster) as client:
-        client.run(lambda: None)
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=memory_limit,
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        base = client.run(start_rss_sampler)
         t0 = time.perf_counter()
-        products = Image3Pipeline.call(asn, output_dir=out, steps=steps, client=client, progress=False, **kw)
+        products = Image3Pipeline.call(
+            asn, output_dir=out, steps=steps, client=client, progress=False, **kw
+        )
         wall = time.perf_counter() - t0
-        peaks = client.run(maxrss_mb)
-    return {"wall": wall, "worker_peak_mb": max(peaks.values()), "products": products,
-            "timings": products.get("timings", {})}
+        peaks = client.run(stop_rss_sampler)
+    return {
+        "wall": wall,
+        "worker_peak_mb": max(peaks.values()),
+        "worker_baseline_mb": max(base.values()),
+        "products": products,
+        "timings": products.get("timings", {}),
+    }
 
 
 def write_result(name: str, result: dict) -> Path:

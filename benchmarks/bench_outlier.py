@@ -34,23 +34,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _common import OUT, dataset, run_official, write_result  # noqa: E402
+from _common import OUT, dataset, run_official, start_rss_sampler, stop_rss_sampler, write_result  # noqa: E402
 
 OUTLIER = 16
 
 OFFICIAL = """
-import json, os, tempfile, threading, time, numpy as np, psutil
+import json, os, tempfile, time, numpy as np
 from stdatamodels.jwst import datamodels
 from jwst.datamodels import ModelLibrary
 from jwst.outlier_detection import OutlierDetectionStep
-proc = psutil.Process()
-peak = [proc.memory_info().rss]
-def sample():
-    while True:
-        peak[0] = max(peak[0], proc.memory_info().rss)
-        time.sleep(0.01)
-threading.Thread(target=sample, daemon=True).start()
-base = proc.memory_info().rss
+base = _proc.memory_info().rss  # _proc and PEAK come from _common.RSS_SAMPLER_CODE
 t0 = time.perf_counter()
 models = [datamodels.open(p) for p in {members!r}]
 t_open = time.perf_counter() - t0
@@ -71,35 +64,9 @@ with res:
         t_save += time.perf_counter() - t0
         res.shelve(m, i, modify=False)
 np.savez_compressed({masks_path!r}, **masks)
-print(json.dumps({{"time": t_step, "time_io": t_open + t_step + t_save, "peak_mb": peak[0] / 2**20,
+print(json.dumps({{"time": t_step, "time_io": t_open + t_step + t_save, "peak_mb": PEAK[0] / 2**20,
                   "baseline_mb": base / 2**20}}))
 """
-
-
-def _sampler_start(dask_worker=None) -> float:
-    """Worker: sample this process's RSS every 10 ms in a thread; return the current RSS (MB)."""
-    import threading
-
-    import psutil
-
-    proc = psutil.Process()
-    state = {"peak": proc.memory_info().rss, "run": True}
-
-    def loop():
-        while state["run"]:
-            state["peak"] = max(state["peak"], proc.memory_info().rss)
-            time.sleep(0.01)
-
-    threading.Thread(target=loop, daemon=True).start()
-    dask_worker._bench_rss_sampler = state  # functions from __main__ are pickled by value
-    return proc.memory_info().rss / 2**20
-
-
-def _sampler_stop(dask_worker=None) -> float:
-    """Worker: stop sampling and return the peak RSS (MB) since :func:`_sampler_start`."""
-    state = dask_worker._bench_rss_sampler
-    state["run"] = False
-    return state["peak"] / 2**20
 
 
 def with_sky_levels(asn: Path) -> Path:
@@ -163,7 +130,7 @@ def run_ours(asn: Path, out: Path, n_workers: int, tile_shape=None) -> dict:
         Client(cluster) as client,
     ):
         client.run(_warm)
-        base = client.run(_sampler_start)
+        base = client.run(start_rss_sampler)
         ctx = RunContext(
             client=client,
             config=PipelineConfig(steps),
@@ -175,7 +142,7 @@ def run_ours(asn: Path, out: Path, n_workers: int, tile_shape=None) -> dict:
         t0 = time.perf_counter()
         result = outlier.run(ctx, exposures)
         wall = time.perf_counter() - t0
-        peaks = client.run(_sampler_stop)
+        peaks = client.run(stop_rss_sampler)
     plans = list(ctx.shared.get("plans", {}).values())
     return {
         "time": wall,

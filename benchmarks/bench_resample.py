@@ -14,19 +14,20 @@ import argparse
 import json
 
 import numpy as np
-
 from _common import dataset, run_official, run_ours, write_result
 
-ONLY_RESAMPLE = {s: {"skip": True} for s in ("tweakreg", "skymatch", "outlier_detection", "source_catalog")}
+ONLY_RESAMPLE = {
+    s: {"skip": True} for s in ("tweakreg", "skymatch", "outlier_detection", "source_catalog")
+}
 
 OFFICIAL = """
-import json, resource, time
+import json, time
 from jwst.resample import ResampleStep
 t0 = time.perf_counter()
 m = ResampleStep.call({asn!r})
 wall = time.perf_counter() - t0
 m.save({out!r})
-print(json.dumps({{"wall": wall, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+print(json.dumps({{"wall": wall, "peak_mb": PEAK[0] / 2**20}}))
 """
 
 
@@ -37,13 +38,17 @@ def main() -> None:
     p.add_argument("--pattern", default="mosaic")
     p.add_argument("--instrument", default="miri")
     args = p.parse_args()
-    name = f"{args.instrument}_{args.pattern}_{args.n}" + (f"_{args.shape[0]}x{args.shape[1]}" if args.shape else "")
+    name = f"{args.instrument}_{args.pattern}_{args.n}" + (
+        f"_{args.shape[0]}x{args.shape[1]}" if args.shape else ""
+    )
     kw = {"shape": tuple(args.shape)} if args.shape else {}
     asn = dataset(name, instrument=args.instrument, n=args.n, seed=5, pattern=args.pattern, **kw)
     out = asn.parent.parent.parent / "runs" / name
     out.mkdir(parents=True, exist_ok=True)
     official_file = out / "official_i2d.fits"
-    official = run_official(OFFICIAL.format(asn=str(asn), out=str(official_file)), "jwst ResampleStep")
+    official = run_official(
+        OFFICIAL.format(asn=str(asn), out=str(official_file)), "jwst ResampleStep"
+    )
     ours = {n: run_ours(asn, out / f"ours_{n}w", ONLY_RESAMPLE, n_workers=n) for n in (1, 2)}
 
     from stdatamodels.jwst import datamodels
@@ -52,9 +57,13 @@ def main() -> None:
         ok = np.isfinite(a.data) & np.isfinite(b.data)
         agree = {
             "shape_equal": a.data.shape == b.data.shape,
-            "sci_max_rel": float(np.nanmax(np.abs(a.data[ok] - b.data[ok]) / np.maximum(np.abs(a.data[ok]), 1e-30))),
+            "sci_max_rel": float(
+                np.nanmax(np.abs(a.data[ok] - b.data[ok]) / np.maximum(np.abs(a.data[ok]), 1e-30))
+            ),
             "wht_max_rel": float(np.nanmax(np.abs(a.wht - b.wht) / np.maximum(a.wht, 1e-30))),
-            "err_max_rel": float(np.nanmax(np.abs(a.err[ok] - b.err[ok]) / np.maximum(a.err[ok], 1e-30))),
+            "err_max_rel": float(
+                np.nanmax(np.abs(a.err[ok] - b.err[ok]) / np.maximum(a.err[ok], 1e-30))
+            ),
             "nan_pattern_equal": bool(np.array_equal(np.isnan(a.data), np.isnan(b.data))),
             "shape": list(a.data.shape),
         }
