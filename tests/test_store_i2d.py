@@ -1,5 +1,7 @@
 """The Zarr mosaic store, its manifest, and the streamed i2d FITS writer."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -58,6 +60,9 @@ def test_i2d_streamed_is_a_valid_image_model(tmp_path):
     model.meta.bunit_data = "MJy/sr"
     out = write_i2d(store, model, tmp_path / "p_i2d.fits")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p_i2d.fits", "p_i2d.zarr"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # readable by others, not mkstemp's 0600
     with datamodels.open(out) as m:
         assert isinstance(m, datamodels.ImageModel)
         np.testing.assert_array_equal(m.data, full["sci"])

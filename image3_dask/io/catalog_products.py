@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,8 @@ from astropy.io import fits
 from astropy.table import QTable, Table
 
 from image3_dask.errors import InputError
-from image3_dask.io.i2d_writer import _template_headers
+from image3_dask.io.atomic import atomic_output
+from image3_dask.io.i2d_writer import _template_headers, append_asdf_hdu, stream_image_hdu
 from image3_dask.io.mosaic_store import MosaicStore
 
 __all__ = [
@@ -213,13 +213,6 @@ def segm_model_from_i2d(i2d_meta, filename: str):
     return model
 
 
-def _atomic_path(out_path: Path, suffix: str) -> str:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=suffix)
-    os.close(fd)
-    return tmp
-
-
 def write_catalog(catalog: QTable, out_path: str | os.PathLike) -> Path:
     """Write the catalog as ECSV (jwst: ``catalog.write(path, format="ascii.ecsv")``).
 
@@ -236,13 +229,8 @@ def write_catalog(catalog: QTable, out_path: str | os.PathLike) -> Path:
         ``out_path``.
     """
     out_path = Path(out_path)
-    tmp = _atomic_path(out_path, ".ecsv")
-    try:
+    with atomic_output(out_path, ".ecsv") as tmp:
         catalog.write(tmp, format="ascii.ecsv", overwrite=True)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out_path
 
 
@@ -314,31 +302,19 @@ def write_segm(
     shape = store.shape(plane)
     step = int(rows_per_strip or store.read_chunks(plane)[0])
     headers, asdf_bytes = _template_headers(model, ["data"], out_path.parent)
-    tmp = _atomic_path(out_path, ".partial")
-    try:
+
+    def read_rows(ys: slice) -> np.ndarray:
+        strip = np.asarray(store.read(plane, ys))
+        return (strip.astype(np.uint32) - _UINT32_BZERO).view(np.int32)
+
+    with atomic_output(out_path) as tmp:
         fits.PrimaryHDU(header=headers[0][1]).writeto(tmp, overwrite=True)
         for name, header in headers[1:]:
             if name != "SCI":
                 continue
             header = header.copy()
-            header["BITPIX"] = 32
-            header["NAXIS"] = 2
-            header["NAXIS1"] = shape[1]
-            header["NAXIS2"] = shape[0]
             header["BZERO"] = 2**31
             header["BSCALE"] = 1
-            stream = fits.StreamingHDU(tmp, header)
-            for y0 in range(0, shape[0], step):
-                strip = np.asarray(store.read(plane, slice(y0, min(shape[0], y0 + step))))
-                raw = (strip.astype(np.uint32) - _UINT32_BZERO).view(np.int32)
-                stream.write(np.ascontiguousarray(raw, dtype=">i4"))
-            stream.close()
-        data = np.frombuffer(asdf_bytes, np.uint8)[None, :]
-        col = fits.Column(array=data, format=f"{data.shape[1]}B", name="ASDF_METADATA")
-        with fits.open(tmp, mode="append") as hdul:
-            hdul.append(fits.BinTableHDU.from_columns([col], name="ASDF"))
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            stream_image_hdu(tmp, header, shape, read_rows, ">i4", step)
+        append_asdf_hdu(tmp, asdf_bytes)
     return out_path

@@ -13,13 +13,14 @@ so that a file under the final name is always whole (a worker may die mid-write)
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from image3_dask.io.atomic import atomic_output
 
 __all__ = ["CRF_ARRAYS", "s_region_of", "save_model_atomic", "update_crf_model", "write_crf"]
 
@@ -148,16 +149,9 @@ def save_model_atomic(model, path: str | os.PathLike) -> Path:
         ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex[:8]}.partial.fits"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.save(tmp, overwrite=True)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path, ".partial.fits") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save(tmp, overwrite=True)
     return path
 
 

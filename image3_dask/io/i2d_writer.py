@@ -17,15 +17,17 @@ import io
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import asdf
 import numpy as np
 from astropy.io import fits
 
+from image3_dask.io.atomic import atomic_output
 from image3_dask.io.mosaic_store import MosaicStore
 
-__all__ = ["write_i2d", "I2D_ARRAYS"]
+__all__ = ["I2D_ARRAYS", "append_asdf_hdu", "stream_image_hdu", "write_i2d"]
 
 #: Datamodel attribute -> (store plane, FITS dtype).
 I2D_ARRAYS = {
@@ -60,6 +62,57 @@ def _template_headers(model, arrays: list[str], workdir: Path):
     buf = io.BytesIO()
     asdf.AsdfFile(tree).write_to(buf)
     return headers, buf.getvalue()
+
+
+def stream_image_hdu(
+    path: Path,
+    header: fits.Header,
+    shape: tuple[int, ...],
+    read_rows: Callable[[slice], np.ndarray],
+    dtype: str,
+    rows_per_strip: int,
+) -> None:
+    """Append an image HDU of ``shape`` to ``path``, reading and writing a strip of rows at a time.
+
+    Parameters
+    ----------
+    path : Path
+        FITS file being written (its primary HDU already there).
+    header : astropy.io.fits.Header
+        Header of the extension (NAXIS/BITPIX are set here from ``shape`` and ``dtype``).
+    shape : tuple of int
+        ``(ny, nx)`` or ``(nplanes, ny, nx)``.
+    read_rows : callable
+        ``read_rows(slice_of_rows)`` returns those rows (all planes for a 3-D shape).
+    dtype : str
+        Big-endian FITS dtype of the data (``">f4"``, ``">i4"``).
+    rows_per_strip : int
+        Rows per read.
+    """
+    header = header.copy()
+    header["NAXIS"] = len(shape)
+    for i, n in enumerate(shape[::-1]):
+        header[f"NAXIS{i + 1}"] = n
+    for i in range(len(shape) + 1, 4):
+        header.remove(f"NAXIS{i}", ignore_missing=True)
+    header["BITPIX"] = -32 if dtype == ">f4" else 32
+    ny = shape[-2]
+    stream = fits.StreamingHDU(str(path), header)  # a str: astropy appends only to named files
+    for k in range(shape[0] if len(shape) == 3 else 1):
+        for y0 in range(0, ny, rows_per_strip):
+            strip = read_rows(slice(y0, min(ny, y0 + rows_per_strip)))
+            if len(shape) == 3:
+                strip = strip[k]
+            stream.write(np.ascontiguousarray(strip, dtype=dtype))
+    stream.close()
+
+
+def append_asdf_hdu(path: Path, asdf_bytes: bytes) -> None:
+    """Append the ``ASDF`` metadata extension of a JWST datamodel FITS file."""
+    data = np.frombuffer(asdf_bytes, np.uint8)[None, :]
+    col = fits.Column(array=data, format=f"{data.shape[1]}B", name="ASDF_METADATA")
+    with fits.open(path, mode="append") as hdul:
+        hdul.append(fits.BinTableHDU.from_columns([col], name="ASDF"))
 
 
 def write_i2d(
@@ -105,9 +158,7 @@ def write_i2d(
     }
     for attr in arrays:
         by_attr[schema_ext[attr]] = attr
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".partial")
-    os.close(fd)
-    try:
+    with atomic_output(out_path) as tmp:
         fits.PrimaryHDU(header=headers[0][1]).writeto(tmp, overwrite=True)
         for name, header in headers[1:]:
             attr = by_attr.get(name)
@@ -115,32 +166,7 @@ def write_i2d(
                 continue
             plane, dtype = I2D_ARRAYS[attr]
             shape = store.shape(plane)
-            header = header.copy()
-            header["NAXIS"] = len(shape)
-            for i, n in enumerate(shape[::-1]):
-                header[f"NAXIS{i + 1}"] = n
-            for i in range(len(shape) + 1, 4):
-                header.remove(f"NAXIS{i}", ignore_missing=True)
-            header["BITPIX"] = -32 if dtype == ">f4" else 32
-            ny = shape[-2]
             step = rows_per_strip or store.read_chunks(plane)[-2]
-            stream = fits.StreamingHDU(tmp, header)
-            if len(shape) == 3:
-                for k in range(shape[0]):
-                    for y0 in range(0, ny, step):
-                        strip = store.read(plane, slice(y0, min(ny, y0 + step)))[k]
-                        stream.write(np.ascontiguousarray(strip, dtype=dtype))
-            else:
-                for y0 in range(0, ny, step):
-                    strip = store.read(plane, slice(y0, min(ny, y0 + step)))
-                    stream.write(np.ascontiguousarray(strip, dtype=dtype))
-            stream.close()
-        data = np.frombuffer(asdf_bytes, np.uint8)[None, :]
-        col = fits.Column(array=data, format=f"{data.shape[1]}B", name="ASDF_METADATA")
-        with fits.open(tmp, mode="append") as hdul:
-            hdul.append(fits.BinTableHDU.from_columns([col], name="ASDF"))
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            stream_image_hdu(tmp, header, shape, lambda ys, p=plane: store.read(p, ys), dtype, step)
+        append_asdf_hdu(tmp, asdf_bytes)
     return out_path
