@@ -29,6 +29,7 @@ __all__ = [
     "PIXEL_EXTENSIONS",
     "group_id_from_observation",
     "read_exposure_info",
+    "precheck_files",
     "read_exposures",
     "try_read_exposure_info",
     "read_pixels",
@@ -262,6 +263,33 @@ def read_exposure_info(path: str | os.PathLike, index: int = 0) -> ExposureInfo:
         )
     finally:
         model.close()
+
+
+def precheck_files(paths: list[Path]) -> None:
+    """Cheap checks of every member before a cluster is started: exists, is FITS, has SCI.
+
+    Reads only the FITS headers (milliseconds per file); the full validation of each exposure
+    (:func:`read_exposure_info`) then runs in parallel on the cluster.
+
+    Raises
+    ------
+    InputError
+        Listing every file that is missing or not a FITS file with a SCI extension.
+    """
+    problems = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            problems.append(f"{p}: file not found")
+            continue
+        try:
+            with fits.open(p, memmap=False, lazy_load_hdus=True) as hdul:
+                if "SCI" not in hdul:
+                    problems.append(f"{p}: has no SCI extension; not a calibrated JWST exposure")
+        except (OSError, ValueError) as exc:
+            problems.append(f"{p}: not a readable FITS file ({exc})")
+    if problems:
+        raise InputError("invalid input:\n  " + "\n  ".join(problems))
 
 
 def try_read_exposure_info(path: str | os.PathLike, index: int) -> ExposureInfo | str:

@@ -15,7 +15,7 @@ from typing import Any
 from image3_dask.errors import ConfigError, Image3Error, StepNotAvailableError
 from image3_dask.graph.tasks import TaskSpec, run_tasks
 from image3_dask.io.asn import resolve_inputs
-from image3_dask.io.exposures import read_exposures, try_read_exposure_info
+from image3_dask.io.exposures import precheck_files, read_exposures, try_read_exposure_info
 from image3_dask.pipeline.cluster import connect
 from image3_dask.pipeline.config import PipelineConfig
 from image3_dask.pipeline.context import RunContext
@@ -156,8 +156,18 @@ class Image3Pipeline:
         client=None,
         progress: bool = True,
         keep_work: bool = False,
+        mosaic_page: int | None = None,
     ) -> dict[str, Any]:
         """Validate the inputs, then run the steps in order on the cluster.
+
+        Parameters
+        ----------
+        mosaic_page : int, optional
+            Serve a live picture of the run's tiles on ``http://127.0.0.1:<port>/`` (0: a free
+            port; its address is logged next to the dashboard's) while the run lasts; see
+            :mod:`image3_dask.service.mosaic_page`. `None` (default): no page.
+
+        Other keyword arguments are described in :meth:`call`'s ``run_kwargs``.
 
         Returns
         -------
@@ -168,6 +178,7 @@ class Image3Pipeline:
         for step in STEP_ORDER:
             if not self.config[step].skip:
                 _step_runner(step)  # fail before any work when a step is unavailable
+        precheck_files(asn.members)  # missing or non-FITS members fail before a cluster starts
         output_dir = Path(output_dir).resolve()
         timings: dict[str, float] = {}
         with connect(
@@ -177,45 +188,89 @@ class Image3Pipeline:
             if link and progress:
                 log.info("Dask dashboard: %s", link)
             token = uuid.uuid4().hex[:8]
-
-            def on_cluster(items):
-                tasks = [
-                    TaskSpec("validate-exposure", p.name, try_read_exposure_info, (p, i))
-                    for p, i in items
-                ]
-                return run_tasks(c, tasks, token, label="reading exposures", progress=progress)
-
-            # validates every member (in parallel); nothing is written before this succeeds
-            exposures = read_exposures(asn.members, mapper=on_cluster)
-            for info in exposures:
-                if info.path.parent == output_dir and info.path.name.startswith(
-                    asn.product_name + "_"
-                ):
-                    raise ConfigError(f"{info.path}: an input would be overwritten by a product")
-            output_dir.mkdir(parents=True, exist_ok=True)
-            with _OutputLock(output_dir, asn.product_name):
-                work_dir = output_dir / f"{asn.product_name}_work"
-                ctx = RunContext(
-                    client=c,
-                    config=self.config,
-                    asn=asn,
-                    output_dir=output_dir,
-                    work_dir=work_dir,
-                    progress=progress,
-                    token=token,
+            page = _start_mosaic_page(c, token, mosaic_page, progress)
+            try:
+                products = self._run_steps(
+                    c, asn, output_dir, token, link, timings, progress, keep_work, page
                 )
-                ctx.products["dashboard"] = link
-                for step in STEP_ORDER:
-                    if self.config[step].skip:
-                        log.info("Step %s skipped", step)
-                        continue
-                    t0 = time.perf_counter()
-                    log.info("Step %s running on %d exposures", step, len(exposures))
-                    exposures = _step_runner(step)(ctx, exposures)
-                    timings[step] = time.perf_counter() - t0
-                    log.info("Step %s done in %.1f s", step, timings[step])
-                if not keep_work and work_dir.exists():
-                    shutil.rmtree(work_dir, ignore_errors=True)
+            except BaseException as exc:
+                if page is not None:
+                    page.monitor.finish("failed", f"{type(exc).__name__}: {exc}")
+                raise
+            else:
+                if page is not None:
+                    page.monitor.finish("done")
+            finally:
+                if page is not None:
+                    page.stop(linger=3.0)
+        return products
+
+    def _run_steps(
+        self,
+        c,
+        asn,
+        output_dir: Path,
+        token: str,
+        link,
+        timings: dict,
+        progress: bool,
+        keep_work: bool,
+        page,
+    ) -> dict[str, Any]:
+        """Validate the exposures on the cluster ``c`` and run the steps; returns the products."""
+
+        def on_cluster(items):
+            tasks = [
+                TaskSpec("validate-exposure", p.name, try_read_exposure_info, (p, i))
+                for p, i in items
+            ]
+            return run_tasks(c, tasks, token, label="reading exposures", progress=progress)
+
+        # validates every member (in parallel); nothing is written before this succeeds
+        exposures = read_exposures(asn.members, mapper=on_cluster)
+        for info in exposures:
+            if info.path.parent == output_dir and info.path.name.startswith(asn.product_name + "_"):
+                raise ConfigError(f"{info.path}: an input would be overwritten by a product")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with _OutputLock(output_dir, asn.product_name):
+            work_dir = output_dir / f"{asn.product_name}_work"
+            ctx = RunContext(
+                client=c,
+                config=self.config,
+                asn=asn,
+                output_dir=output_dir,
+                work_dir=work_dir,
+                progress=progress,
+                token=token,
+                monitor=page.monitor if page is not None else None,
+            )
+            ctx.products["dashboard"] = link
+            for step in STEP_ORDER:
+                if self.config[step].skip:
+                    log.info("Step %s skipped", step)
+                    continue
+                t0 = time.perf_counter()
+                log.info("Step %s running on %d exposures", step, len(exposures))
+                exposures = _step_runner(step)(ctx, exposures)
+                timings[step] = time.perf_counter() - t0
+                log.info("Step %s done in %.1f s", step, timings[step])
+            if not keep_work and work_dir.exists():
+                shutil.rmtree(work_dir, ignore_errors=True)
         ctx.products["timings"] = timings
         ctx.products["exposures"] = exposures
         return ctx.products
+
+
+def _start_mosaic_page(client, token: str, port: int | None, progress: bool):
+    """Start the run's mosaic page on ``port`` (None: none); a busy port only warns."""
+    if port is None:
+        return None
+    from image3_dask.service.mosaic_page import start_mosaic_page
+
+    try:
+        page = start_mosaic_page(client, token, port=port)
+    except (OSError, OverflowError) as exc:  # port in use, or not a port number
+        log.warning("Mosaic page not started: port %s: %s", port, getattr(exc, "strerror", None) or exc)
+        return None
+    (log.info if progress else log.debug)("Mosaic page: %s", page.url)
+    return page
