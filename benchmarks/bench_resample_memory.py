@@ -29,10 +29,20 @@ def main() -> None:
     for size in args.sizes:
         r, c = (int(v) for v in size.split("x"))
         name = f"miri_mosaic_{r}x{c}"
-        asn = dataset(name, instrument="miri", n=r * c, rows=r, cols=c, seed=7, pattern="mosaic",
-                      n_galaxies=20)
+        asn = dataset(
+            name,
+            instrument="miri",
+            n=r * c,
+            rows=r,
+            cols=c,
+            seed=7,
+            pattern="mosaic",
+            n_galaxies=20,
+        )
         out = asn.parent.parent.parent / "runs" / name
-        ours = run_ours(asn, out / "ours", ONLY_RESAMPLE, n_workers=2, memory_limit=args.memory_limit)
+        ours = run_ours(
+            asn, out / "ours", ONLY_RESAMPLE, n_workers=2, memory_limit=args.memory_limit
+        )
         from stdatamodels.jwst import datamodels
 
         with datamodels.open(ours["products"]["i2d"]) as m:
@@ -40,13 +50,18 @@ def main() -> None:
             n_con = m.con.shape[0]
         full_bytes = shape[0] * shape[1] * (4 * 6 + 4 * n_con)
         row = {
-            "mosaic": size, "exposures": r * c, "shape": list(shape),
+            "mosaic": size,
+            "exposures": r * c,
+            "shape": list(shape),
             "full_arrays_mb": full_bytes / 2**20,
             "worker_memory_limit": args.memory_limit,
-            "ours_wall_s": ours["wall"], "ours_peak_worker_mb": ours["worker_peak_mb"],
+            "ours_wall_s": ours["wall"],
+            "ours_peak_worker_mb": ours["worker_peak_mb"],
         }
         if args.official:
-            off = run_official(OFFICIAL.format(asn=str(asn), out=str(out / "official_i2d.fits")), "ResampleStep")
+            off = run_official(
+                OFFICIAL.format(asn=str(asn), out=str(out / "official_i2d.fits")), "ResampleStep"
+            )
             row.update(official_wall_s=off["wall"], official_peak_mb=off["peak_mb"])
         rows.append(row)
         print(json.dumps(row), flush=True)

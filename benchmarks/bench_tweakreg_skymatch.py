@@ -47,7 +47,10 @@ def _ours(asn: Path, out: Path, client, align_mode: str) -> dict[str, float]:
 
     skip = {s: {"skip": True} for s in ("outlier_detection", "resample", "source_catalog")}
     products = Image3Pipeline.call(
-        asn, output_dir=out, client=client, progress=False,
+        asn,
+        output_dir=out,
+        client=client,
+        progress=False,
         steps={**skip, "tweakreg": {"align_mode": align_mode}},
     )
     return dict(products["timings"])
@@ -75,8 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     from image3_dask.simulate import simulate
 
     work = Path(args.out or tempfile.mkdtemp(prefix="bench_tw_"))
-    kw = {"instrument": "miri", "seed": 1, "shape": (args.shape, args.shape),
-          "n_stars": 1500, "n_galaxies": 150}
+    kw = {
+        "instrument": "miri",
+        "seed": 1,
+        "shape": (args.shape, args.shape),
+        "n_stars": 1500,
+        "n_galaxies": 150,
+    }
     if args.mosaic:
         rows, cols = (int(v) for v in args.mosaic.lower().split("x"))
         sim = simulate(n=None, rows=rows, cols=cols, pattern="mosaic", out_dir=work / "sim", **kw)
@@ -91,8 +99,10 @@ def main(argv: list[str] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         rows["jwst 3.0"] = _official(sim.asn_path, out, args.align_mode)
     for nw in (int(v) for v in args.workers.split(",")):
-        with LocalCluster(n_workers=nw, threads_per_worker=1, dashboard_address=":0") as cluster, \
-                Client(cluster) as client:
+        with (
+            LocalCluster(n_workers=nw, threads_per_worker=1, dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):
             for rep in range(2):  # the first run pays the workers' imports
                 out = work / f"dask{nw}_{rep}"
                 times = _ours(sim.asn_path, out, client, args.align_mode)
@@ -103,7 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     for label, t in rows.items():
         ratio = ""
         if ref and label != "jwst 3.0":
-            ratio = f"   {ref['tweakreg'] / t['tweakreg']:.2f}x, {ref['skymatch'] / t['skymatch']:.2f}x"
+            ratio = (
+                f"   {ref['tweakreg'] / t['tweakreg']:.2f}x, {ref['skymatch'] / t['skymatch']:.2f}x"
+            )
         print(f"{label:28s} {t['tweakreg']:9.2f}s {t['skymatch']:9.2f}s{ratio}")
     print("(ratio > 1: image3-dask faster)")
 
