@@ -45,11 +45,17 @@ def write_reference_files(instrument: str, folder: str | os.PathLike) -> tuple[P
         selectors = {"filter": inst.filter, "pupil": "CLEAR"}
         model = dm.NrcImgApcorrModel()
         dtype = [("filter", "S12"), ("pupil", "S15")]
-    tab = apcorr_table_from_psf(
-        psf, eefractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8), selectors=selectors
-    )
+    rows = []
+    # MIRI tables are selected by subarray: full frames are FULL, cropped simulations GENERIC
+    for sub in ("FULL", "GENERIC") if key == "MIRI" else (None,):
+        if sub:
+            selectors["subarray"] = sub
+        tab = apcorr_table_from_psf(
+            psf, eefractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8), selectors=selectors
+        )
+        rows += [tuple(r) for r in tab]
     dtype += [(c, "<f4") for c in ("eefraction", "radius", "apcorr", "skyin", "skyout")]
-    model.apcorr_table = np.array([tuple(r) for r in tab], dtype=dtype)
+    model.apcorr_table = np.array(rows, dtype=dtype)
     _describe(model, "APCORR", key)
     ap_path = folder / f"apcorr_{instrument.lower()}.fits"
     model.save(ap_path)
