@@ -34,6 +34,7 @@ from tweakwcs.matchutils import XYXYMatch
 from .tweakreg_catalog import filter_catalog_by_bounding_box
 
 __all__ = [
+    "wcs_bounding_box",
     "AlignResult",
     "absolute_align",
     "choose_mode",
@@ -119,7 +120,7 @@ def make_corrector(
     if catalog is not None:
         catalog = _rename_xy(Table(catalog, copy=True))
         catalog = filter_catalog_by_bounding_box(
-            catalog, getattr(wcs, "bounding_box", None) and _bbox(wcs)
+            catalog, getattr(wcs, "bounding_box", None) and wcs_bounding_box(wcs)
         )
         if name is not None:
             catalog.meta["name"] = name
@@ -131,7 +132,7 @@ def make_corrector(
     )
 
 
-def _bbox(wcs: Any) -> tuple[tuple[float, float], tuple[float, float]] | None:
+def wcs_bounding_box(wcs: Any) -> tuple[tuple[float, float], tuple[float, float]] | None:
     """Bounding box of a gwcs as ``((xmin, xmax), (ymin, ymax))`` or `None`."""
     bb = getattr(wcs, "bounding_box", None)
     if bb is None:

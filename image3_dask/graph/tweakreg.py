@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
+from image3_dask.algorithms.align import wcs_bounding_box
 from image3_dask.errors import ConfigError
 from image3_dask.graph.tasks import TaskSpec, run_tasks
 from image3_dask.io.catalog_files import (
@@ -123,17 +124,6 @@ def catalog_params(cfg: dict) -> dict:
     if out.get("connectivity") is not None:
         out["connectivity"] = int(out["connectivity"])
     return out
-
-
-def _bbox(wcs: Any) -> tuple[tuple[float, float], tuple[float, float]] | None:
-    """``((xmin, xmax), (ymin, ymax))`` of a gwcs bounding box, or `None`."""
-    bb = getattr(wcs, "bounding_box", None)
-    if bb is None:
-        return None
-    try:
-        return tuple(tuple(float(v) for v in b) for b in bb.bounding_box(order="F"))
-    except AttributeError:
-        return tuple(tuple(float(v) for v in b) for b in bb)
 
 
 def catalog_task(
@@ -457,7 +447,7 @@ def run(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
                 "tweakreg-catalog",
                 e.name,
                 catalog_task,
-                (e.path, e.name, params, _bbox(e.wcs), cat, save_to, fmt),
+                (e.path, e.name, params, wcs_bounding_box(e.wcs), cat, save_to, fmt),
             )
         )
     catalogs = run_tasks(

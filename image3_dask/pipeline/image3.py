@@ -74,7 +74,7 @@ class _OutputLock:
             except FileExistsError:
                 holder = self.path.read_text().strip() if self.path.exists() else ""
                 host, _, pid = holder.partition(" ")
-                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
                     self.path.unlink(missing_ok=True)  # stale lock of a dead run on this host
                     continue
                 raise OutputLockedError(
@@ -91,7 +91,8 @@ class _OutputLock:
         self.path.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host is alive (a lock held by a dead run may be taken over)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -270,7 +271,9 @@ def _start_mosaic_page(client, token: str, port: int | None, progress: bool):
     try:
         page = start_mosaic_page(client, token, port=port)
     except (OSError, OverflowError) as exc:  # port in use, or not a port number
-        log.warning("Mosaic page not started: port %s: %s", port, getattr(exc, "strerror", None) or exc)
+        log.warning(
+            "Mosaic page not started: port %s: %s", port, getattr(exc, "strerror", None) or exc
+        )
         return None
     (log.info if progress else log.debug)("Mosaic page: %s", page.url)
     return page

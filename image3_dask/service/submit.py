@@ -47,7 +47,7 @@ def _lock_path(output_dir: Path, product: str) -> Path:
 
 
 def _check_free(client, output_dir: Path, product: str) -> None:
-    from image3_dask.pipeline.image3 import OutputLockedError
+    from image3_dask.pipeline.image3 import OutputLockedError, pid_alive
 
     for job_id, rec in get_jobs(client).items():
         if (
@@ -64,23 +64,13 @@ def _check_free(client, output_dir: Path, product: str) -> None:
     if lock.exists():
         holder = lock.read_text().strip() if lock.is_file() else ""
         host, _, pid = holder.partition(" ")
-        stale = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+        stale = host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
         if not stale:
             raise OutputLockedError(
                 f"{output_dir}: another run ({holder or 'unknown'}) is writing product {product} "
                 f"here; wait for it to finish or use another --output-dir (remove {lock} if that "
                 "run is dead)"
             )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def submit_job(
