@@ -111,6 +111,15 @@ def _build_parser() -> argparse.ArgumentParser:
         "--product-name", help="product name when inputs are files rather than an association"
     )
     p.add_argument("--keep-work", action="store_true", help="keep the intermediate work folder")
+    p.add_argument(
+        "--mosaic-page-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="port of the live mosaic page on http://127.0.0.1:PORT/, the tiles coloured by "
+        "state (default: a free port, printed next to the dashboard's)",
+    )
+    p.add_argument("--no-mosaic-page", action="store_true", help="do not serve the mosaic page")
     _add_cluster_args(p)
 
     p = sub.add_parser("simulate", help="write simulated JWST cal files and an association")
@@ -293,6 +302,8 @@ def _execute(pipeline, inputs, output_dir, args, product_name=None):
         keep_work=getattr(args, "keep_work", False),
         progress=not args.quiet,
     )
+    if hasattr(args, "mosaic_page_port") and not args.no_mosaic_page:
+        kwargs["mosaic_page"] = args.mosaic_page_port
     cluster = _cluster_kwargs(args)
     remote = cluster["scheduler"] or cluster["scheduler_file"] or cluster["cluster"] != "local"
     if not (args.report or remote):

@@ -534,6 +534,8 @@ def _run_tiled(
         box[1],
     )
     label = "source_catalog"
+    if getattr(ctx, "monitor", None) is not None:
+        ctx.notify("add_tiles", label, tiles, shape)
     # 1. background mesh
     stats = run_tasks(
         ctx.client,

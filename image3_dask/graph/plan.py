@@ -216,6 +216,8 @@ def make_plan(ctx, exposures: list[ExposureInfo], params: dict, stage: str) -> M
         grid=grid, tiles=tiles, halo=halo, pixmaps=pixmaps, overlaps=overlaps, grid_fp=grid_fp
     )
     cache[key] = plan
+    if getattr(ctx, "monitor", None) is not None:
+        ctx.notify("add_plan", plan, exposures, stage)
     log.info(
         "%s grid %d x %d pixels, %d tiles of %d x %d, halo %d",
         stage,

@@ -15,7 +15,47 @@ from typing import Any
 
 from image3_dask.errors import Image3Error
 
-__all__ = ["TaskSpec", "StepFailed", "run_tasks"]
+__all__ = ["TaskSpec", "StepFailed", "run_tasks", "watch_tasks"]
+
+#: Run token -> callbacks ``(key, state)`` told when tasks are submitted and when they end.
+_watchers: dict[str, list[Callable[[tuple, str], None]]] = {}
+
+
+def watch_tasks(token: str, callback: Callable[[tuple, str], None]) -> Callable[[], None]:
+    """Be told of the tasks of a run: ``callback(key, state)`` on submission and at the end.
+
+    Parameters
+    ----------
+    token : str
+        Run token (the last element of the keys).
+    callback : callable
+        Called with the task key and ``"waiting"`` when :func:`run_tasks` submits the task,
+        then ``"done"``, ``"failed"`` or ``"cancelled"``; it must be quick and not raise.
+
+    Returns
+    -------
+    callable
+        Call it to stop watching.
+    """
+    _watchers.setdefault(token, []).append(callback)
+
+    def unwatch() -> None:
+        cbs = _watchers.get(token, [])
+        if callback in cbs:
+            cbs.remove(callback)
+        if not cbs:
+            _watchers.pop(token, None)
+
+    return unwatch
+
+
+def _tell(token: str, keys, state: str) -> None:
+    for cb in list(_watchers.get(token, ())):
+        for key in keys:
+            try:
+                cb(key, state)
+            except Exception:  # a watcher never stops the run
+                pass
 
 
 class StepFailed(Image3Error):
@@ -86,6 +126,7 @@ def run_tasks(
             client.submit(t.func, *t.args, key=key, pure=False, retries=retries, **(t.kwargs or {}))
         )
     index = {f.key: i for i, f in enumerate(futures)}
+    _tell(token, index, "waiting")
     results: list[Any] = [None] * len(futures)
     t0 = time.perf_counter()
     done = 0
@@ -98,17 +139,20 @@ def run_tasks(
             if fut.status == "error":
                 exc = fut.exception()
                 spec = tasks[i]
+                _tell(token, [fut.key], "failed")
                 if isinstance(exc, Image3Error):
                     raise StepFailed(f"{spec.action} {spec.name}: {exc}") from None
                 raise StepFailed(
                     f"{spec.action} {spec.name} failed: {type(exc).__name__}: {exc}"
                 ) from exc
             results[i] = fut.result()
+            _tell(token, [fut.key], "done")
             done += 1
             if show:
                 _bar(label, done, len(futures), t0, stream)
     except BaseException:
         client.cancel(futures)
+        _tell(token, [f.key for f in futures if f.status != "finished"], "cancelled")
         if show:
             stream.write("\n")
         raise

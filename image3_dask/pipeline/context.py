@@ -41,6 +41,9 @@ class RunContext:
         Product kind -> path, filled in by the steps.
     shared : dict
         Plans that several steps reuse (output grid, tiles, pixel maps).
+    monitor : MosaicMonitor, optional
+        Told of every plan and tiling (:mod:`image3_dask.service.mosaic_page`), when the run
+        is watched.
     """
 
     client: Any
@@ -52,6 +55,16 @@ class RunContext:
     progress: bool = True
     products: dict[str, Any] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)
+    monitor: Any = None
+
+    def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """Call ``monitor.<method>(*args, **kwargs)`` when the run is watched; never raises."""
+        if self.monitor is None:
+            return
+        try:
+            getattr(self.monitor, method)(*args, **kwargs)
+        except Exception as exc:  # watching never fails a run
+            log.debug("monitor %s failed: %s", method, exc)
 
     @property
     def product_name(self) -> str:
