@@ -28,7 +28,7 @@ def test_every_official_parameter_is_known():
     for step in ours:
         cls = Image3Pipeline.step_defs[step]
         spec = cls.load_spec_file()
-        for name, default in spec.items():
+        for name in spec:
             if name in not_here or name in ("input_dir", "output_dir", "output_ext", "output_file",
                                              "output_use_index", "pre_hooks", "post_hooks"):
                 continue

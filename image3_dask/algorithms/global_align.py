@@ -32,7 +32,7 @@ from astropy.table import Table
 from tweakwcs.correctors import JWSTWCSCorrector
 from tweakwcs.matchutils import XYXYMatch
 
-from .align import AlignResult, _bbox, _names, _rename_xy, _unchanged, make_corrector
+from .align import AlignResult, _names, _rename_xy, _unchanged, make_corrector, wcs_bounding_box
 from .tweakreg_catalog import filter_catalog_by_bounding_box
 
 __all__ = [
@@ -606,7 +606,7 @@ def global_align(
     gxy: list[list[np.ndarray]] = [[] for _ in range(ngrp)]
     gquads: list[list[np.ndarray]] = [[] for _ in range(ngrp)]
     for cat, w, g in zip(catalogs, wcses, group_ids, strict=True):
-        cat = filter_catalog_by_bounding_box(_rename_xy(Table(cat)), _bbox(w))
+        cat = filter_catalog_by_bounding_box(_rename_xy(Table(cat)), wcs_bounding_box(w))
         gxy[gindex[g]].append(tangent_plane_positions(cat, w, ref))
         gquads[gindex[g]].append(footprint_tangent_plane(w, ref))
     gpos = [np.concatenate(v) if v else np.zeros((0, 2)) for v in gxy]
