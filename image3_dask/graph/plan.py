@@ -242,20 +242,26 @@ def _enough_tiles(
     tile_shape,
     grid_shape,
     threads: int,
-    per_thread: int = 4,
+    per_thread: int = 2,
     min_side: int = 256,
     max_side: int = 1024,
 ):
-    """Shrink memory-derived tiles so every worker thread gets several.
+    """Shrink memory-derived tiles so every worker thread gets some, and balance their sizes.
 
     Tiles are the unit of parallelism: one tile for the whole mosaic would leave all workers
-    but one idle. Sides stay multiples of 64, between ``min_side`` and ``max_side`` (so that
-    memory per task stays flat as mosaics grow, even where workers have memory to spare).
+    but one idle, while many small tiles repeat per-task work (reading input regions, the
+    drizzle halo). Sides lie between ``min_side`` and ``max_side`` (so that memory per task
+    stays flat as mosaics grow) and divide the grid evenly (no thin last row or column).
     """
     ny, nx = grid_shape
-    side = int(np.sqrt(ny * nx / float(per_thread * threads)))
-    side = min(max_side, max(min_side, side - side % 64))
-    return (min(tile_shape[0], side, ny), min(tile_shape[1], side, nx))
+    target = int(np.sqrt(ny * nx / float(per_thread * threads)))
+    target = min(max_side, max(min_side, target))
+    out = []
+    for n, limit in ((ny, tile_shape[0]), (nx, tile_shape[1])):
+        side = min(target, int(limit), n)
+        count = -(-n // side)  # ceil
+        out.append(min(int(limit), -(-n // count)))
+    return tuple(out)
 
 
 def _max_depth(grid: OutputGrid, bboxes) -> int:
