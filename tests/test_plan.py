@@ -11,7 +11,7 @@ def test_tiles_are_split_for_parallelism_balanced_and_bounded():
     assert 1080 - (ny - 1) * ty > ty * 0.9 and 1073 - (nx - 1) * tx > tx * 0.9  # no thin edge tiles
     # about 256 px or more, split evenly; never above what memory allows
     assert _enough_tiles((500, 500), (300, 300), threads=64) == (150, 150)
-    assert _enough_tiles((128, 128), (10000, 10000), threads=2) == (128, 128)
+    assert all(120 < s <= 128 for s in _enough_tiles((128, 128), (10000, 10000), threads=2))
     # memory to spare: tiles stay at most 1024 px, so memory per task is flat in mosaic size
     ty, tx = _enough_tiles((8192, 8192), (20000, 20000), threads=2)
     assert 900 < ty <= 1024 and 900 < tx <= 1024
