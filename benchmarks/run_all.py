@@ -23,7 +23,9 @@ import numpy as np
 from _common import OUT, dataset, run_official, start_rss_sampler, stop_rss_sampler, write_result
 
 CASES = {
-    "miri_dither_4_256px": dict(instrument="miri", n=4, pattern="dither", seed=20, shape=(256, 256)),
+    "miri_dither_4_256px": dict(
+        instrument="miri", n=4, pattern="dither", seed=20, shape=(256, 256)
+    ),
     "miri_dither_4": dict(instrument="miri", n=4, pattern="dither", seed=21),
     "miri_mosaic_16": dict(instrument="miri", n=16, rows=4, cols=4, pattern="mosaic", seed=22),
     "miri_mosaic_64_512px": dict(
@@ -228,6 +230,14 @@ def write_report(path: Path) -> Path:
                 f"{a['astrometry_rms_mas_vs_truth_official']:.1f} / {a['astrometry_rms_mas_vs_truth_ours']:.1f} |"
             )
         lines += [
+            "",
+            "Where the two disagree, the truth decides: on a dither both align every exposure to the",
+            "first one and the products agree; on a mosaic jwst's reference-group tweakreg leaves the",
+            "tiles that do not overlap the reference unaligned, while image3-dask's default",
+            "(`align_mode=auto`, a global solution for mosaics) aligns them, so the grids, the flagged",
+            "pixels (jwst flags the doubled stars of misaligned overlaps) and the catalogs differ, and",
+            "the star positions of our catalog are closer to the truth. Neither run has an absolute",
+            "reference catalog, so both keep the reference exposure's own pointing error.",
             "",
             "Time per step (ours, 2 workers, seconds):",
             "",
