@@ -20,55 +20,35 @@ import json
 import shutil
 
 import numpy as np
-from _common import OUT, dataset, maxrss_mb, run_official, run_ours, write_result
+from _common import (
+    OUT,
+    dataset,
+    run_official,
+    run_ours,
+    start_rss_sampler,
+    stop_rss_sampler,
+    write_result,
+)
 
 SKIP = {s: {"skip": True} for s in ("tweakreg", "skymatch", "outlier_detection")}
 
 OFFICIAL = """
-import json, resource, time
+import json, time
 from jwst.source_catalog import SourceCatalogStep
 t0 = time.perf_counter()
 cat = SourceCatalogStep.call({i2d!r}, output_dir={out!r}, save_results=True, **{params!r})
 wall = time.perf_counter() - t0
 print(json.dumps({{"wall": wall, "n": len(cat),
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+                  "peak_mb": PEAK[0] / 2**20}}))
 """
 
 
-def _reference_files(folder, subarray: str) -> dict:
-    """APCORR/ABVEGAOFFSET files for simulated MIRI F770W (the documented defaults)."""
-    import stdatamodels.jwst.datamodels as dm
-    from astropy.table import Table
+def _reference_files(folder) -> dict:
+    """APCORR/ABVEGAOFFSET files for simulated MIRI F770W (from the simulator's PSF)."""
+    from image3_dask.simulate.refs import write_reference_files
 
-    from image3_dask.algorithms.catalog import SIMULATED_DEFAULTS, apcorr_table_from_psf
-
-    spec = SIMULATED_DEFAULTS[("MIRI", "F770W")]
-    tab = apcorr_table_from_psf(
-        spec.psf_fwhm_pixels, selectors={"filter": "F770W", "subarray": subarray}
-    )
-    ap = dm.MirImgApcorrModel()
-    ap.apcorr_table = np.array(
-        [tuple(r) for r in tab],
-        dtype=[
-            ("filter", "S12"),
-            ("subarray", "S15"),
-            ("eefraction", "<f4"),
-            ("radius", "<f4"),
-            ("apcorr", "<f4"),
-            ("skyin", "<f4"),
-            ("skyout", "<f4"),
-        ],
-    )
-    ab = dm.ABVegaOffsetModel()
-    ab.abvega_offset = Table({"filter": ["F770W"], "abvega_offset": [spec.abvega_offset]})
-    ab.meta.instrument.name = "MIRI"
-    folder.mkdir(parents=True, exist_ok=True)
-    ap.save(folder / "apcorr.fits")
-    ab.save(folder / "abvega.asdf")
-    return {
-        "override_apcorr": str(folder / "apcorr.fits"),
-        "override_abvegaoffset": str(folder / "abvega.asdf"),
-    }
+    apcorr, abvega = write_reference_files("miri", folder)
+    return {"override_apcorr": str(apcorr), "override_abvegaoffset": str(abvega)}
 
 
 def _agreement(ours_path, ref_path) -> dict:
@@ -106,13 +86,13 @@ def run_catalog(asn, out, steps: dict, n_workers: int) -> dict:
         ) as cluster,
         Client(cluster) as client,
     ):
-        client.run(lambda: None)
+        client.run(start_rss_sampler)
         t0 = time.perf_counter()
         products = Image3Pipeline.call(
             asn, output_dir=out, steps=steps, client=client, progress=False
         )
         wall = time.perf_counter() - t0
-        peaks = client.run(maxrss_mb)
+        peaks = client.run(stop_rss_sampler)
     return {
         "wall": wall,
         "worker_peak_mb": max(peaks.values()),
@@ -155,9 +135,9 @@ def main() -> None:
     from stdatamodels.jwst import datamodels
 
     with datamodels.open(i2d) as m:
-        shape, subarray = m.data.shape, m.meta.subarray.name
+        shape = m.data.shape
     params = {
-        **_reference_files(runs / "refs", subarray),
+        **_reference_files(runs / "refs"),
         "bkg_boxsize": args.bkg,
         "snr_threshold": 2.0,
         "npixels": 10,
