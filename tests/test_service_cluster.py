@@ -176,7 +176,7 @@ def test_submit_returns_at_once_and_status_follows_the_job(submitted, cluster):
 
 def test_worker_killed_mid_run_gives_identical_i2d(submitted, cluster, sim, tmp_path):
     out = tmp_path / "out"
-    manifest = out / "miri_dither_i2d.zarr" / "_manifest" / "resample"
+    manifest = out / "miri_dither_i2d.zarr.manifest" / "resample"
     pids = cluster.worker_pids()
     assert len(pids) == 2
     proc = subprocess.Popen(
@@ -194,7 +194,7 @@ def test_worker_killed_mid_run_gives_identical_i2d(submitted, cluster, sim, tmp_
     os.kill(victim, signal.SIGKILL)  # the worker process; its nanny starts a new one
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
-    n_tiles = len(list((submitted["out"] / "miri_dither_i2d.zarr/_manifest/resample").glob("*")))
+    n_tiles = len(list((submitted["out"] / "miri_dither_i2d.zarr.manifest/resample").glob("*")))
     assert 30 <= n_tiles and done_at_kill < n_tiles
     assert len(list(manifest.glob("*.json"))) == n_tiles
     assert_same_i2d(out / "miri_dither_i2d.fits", submitted["out"] / "miri_dither_i2d.fits")

@@ -40,7 +40,7 @@ def test_rerun_recomputes_only_tiles_without_a_valid_manifest_entry(client, sim,
     )
     ref = _arrays(p1["i2d"])
     zarr_path = p1["i2d_zarr"]
-    manifest = zarr_path / "_manifest" / "resample"
+    manifest = zarr_path.with_name(zarr_path.name + ".manifest") / "resample"
     entries = sorted(manifest.glob("*.json"))
     assert len(entries) >= 6
     before = {p.name: p.stat().st_mtime_ns for p in entries}

@@ -188,3 +188,25 @@ def test_parity_with_official_resample(small_dither, client, tmp_path):
         assert m.meta.photometry.pixelarea_steradians == pytest.approx(
             official.meta.photometry.pixelarea_steradians
         )
+
+
+def test_custom_output_wcs_file(small_dither, client, tmp_path):
+    """``output_wcs``: an ASDF file holding a gwcs (and output_shape) defines the grid."""
+    import asdf
+
+    first = Image3Pipeline.call(small_dither.asn_path, output_dir=tmp_path / "a", client=client,
+                                steps=_steps(), progress=False)
+    with _open(first["i2d"]) as m:
+        wcs, shape = m.meta.wcs, m.data.shape
+        reference = np.array(m.data)
+    asdf.AsdfFile({"wcs": wcs}).write_to(tmp_path / "grid.asdf")
+    second = Image3Pipeline.call(
+        small_dither.asn_path, output_dir=tmp_path / "b", client=client, progress=False,
+        steps=_steps(output_wcs=str(tmp_path / "grid.asdf"), output_shape=[shape[1], shape[0]]),
+    )
+    with _open(second["i2d"]) as m:
+        assert m.data.shape == shape
+        np.testing.assert_allclose(m.data, reference, rtol=1e-6, equal_nan=True)
+    with pytest.raises(InputError, match="output_wcs file not found"):
+        Image3Pipeline.call(small_dither.asn_path, output_dir=tmp_path / "c", client=client,
+                            steps=_steps(output_wcs=str(tmp_path / "nope.asdf")), progress=False)

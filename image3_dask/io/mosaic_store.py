@@ -68,7 +68,8 @@ class MosaicStore:
     @property
     def manifest_dir(self) -> Path:
         """Folder of the manifest entries (one small JSON file per finished tile and stage)."""
-        return self.path / "_manifest"
+        # beside the store, not inside: Zarr (and xarray) warn about foreign folders in a group
+        return self.path.with_name(self.path.name + ".manifest")
 
     def create(
         self,
