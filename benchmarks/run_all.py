@@ -318,7 +318,27 @@ def write_report(path: Path) -> Path:
     large = OUT / "large_mosaic.json"
     if large.exists():
         r = json.loads(large.read_text())
-        lines += ["## Large mosaic", "", "```", json.dumps(r, indent=1), "```", ""]
+        t = r["timings"]
+        proj = r["projected_wall_s"]
+        lines += [
+            "## Large mosaic",
+            "",
+            f"`python benchmarks/bench_large_mosaic.py`: {r['exposures']} MIRI exposures of "
+            f"{r['detector_shape'][0]}x{r['detector_shape'][1]} px in an 18x18 mosaic, output grid "
+            f"{r['grid_shape'][1]} x {r['grid_shape'][0]} px, whole pipeline on 2 workers held to "
+            f"{r['memory_limit']} each.",
+            "",
+            f"- wall time {r['wall_s'] / 60:.1f} min: tweakreg {t['tweakreg']:.0f} s, skymatch "
+            f"{t['skymatch']:.0f} s, outlier_detection {t['outlier_detection']:.0f} s, resample "
+            f"{t['resample']:.0f} s, source_catalog {t['source_catalog']:.0f} s; {r['n_sources']} sources;",
+            f"- peak memory per worker {r['worker_peak_mb']:.0f} MB (limit {r['memory_limit']});",
+            f"- serial share {r['serial_share']:.0%} of the wall time (at most one task running: the "
+            "alignment and sky solves, client-side planning, the FITS streaming), from Dask's task stream;",
+            f"- projected wall time (serial time + parallel task time / N): 8 workers {proj['8'] / 60:.1f} min, "
+            f"32 workers {proj['32'] / 60:.1f} min, 128 workers {proj['128'] / 60:.1f} min; the serial "
+            "part dominates beyond ~16 workers and is the next thing to shrink.",
+            "",
+        ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
