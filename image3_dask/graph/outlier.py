@@ -484,23 +484,15 @@ def _flag_and_write(
         dq, (data, err, vr, vp, vf) = match_nans_and_flags(
             dq, a["data"], a["err"], a["var_rnoise"], a["var_poisson"], a["var_flat"]
         )
-        update_crf_model(
-            model,
-            arrays={
-                "data": data,
-                "dq": dq,
-                "err": err,
-                "var_rnoise": vr,
-                "var_poisson": vp,
-                "var_flat": vf,
-            },
-            wcs=info.wcs,
-            background=crf_meta["background"],
-            cal_steps=crf_meta["cal_steps"],
-            s_region=crf_meta["s_region"],
-            filename=crf_path.name,
-        )
-        save_model_atomic(model, crf_path)
+        arrays = {
+            "data": data,
+            "dq": dq,
+            "err": err,
+            "var_rnoise": vr,
+            "var_poisson": vp,
+            "var_flat": vf,
+        }
+        _save_crf(model, info, arrays, crf_path, crf_meta)
     finally:
         model.close()
     n = int(np.count_nonzero(mask))
@@ -599,6 +591,22 @@ def flag_exposure_median(
     return _flag_and_write(info, median, params, crf_path, crf_meta)
 
 
+def _save_crf(
+    model, info: ExposureInfo, arrays: dict | None, crf_path: Path, crf_meta: dict
+) -> None:
+    """Put the new arrays, tweakreg's WCS and skymatch's metadata in ``model``; write the crf."""
+    update_crf_model(
+        model,
+        arrays=arrays,
+        wcs=info.wcs,
+        background=crf_meta["background"],
+        cal_steps=crf_meta["cal_steps"],
+        s_region=crf_meta["s_region"],
+        filename=crf_path.name,
+    )
+    save_model_atomic(model, crf_path)
+
+
 def copy_as_crf(info: ExposureInfo, crf_path: Path, crf_meta: dict) -> dict:
     """Task: write the crf file of an exposure whose pixels are unchanged (step not done)."""
     from stdatamodels.jwst import datamodels
@@ -610,16 +618,7 @@ def copy_as_crf(info: ExposureInfo, crf_path: Path, crf_meta: dict) -> dict:
         arrays = None
         if _subtract_now(info):
             arrays = {"data": np.asarray(model.data) - float(info.background_level)}
-        update_crf_model(
-            model,
-            arrays=arrays,
-            wcs=info.wcs,
-            background=crf_meta["background"],
-            cal_steps=crf_meta["cal_steps"],
-            s_region=crf_meta["s_region"],
-            filename=crf_path.name,
-        )
-        save_model_atomic(model, crf_path)
+        _save_crf(model, info, arrays, crf_path, crf_meta)
     finally:
         model.close()
     return {"name": info.name, "n_flagged": 0, "crf": str(crf_path)}
