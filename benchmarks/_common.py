@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from image3_dask.pipeline.cluster import WORKER_PRELOAD
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(os.environ.get("IMAGE3_BENCH_DIR", ROOT / "bench_output"))
 
@@ -108,6 +110,7 @@ def run_ours(
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
+            preload=[WORKER_PRELOAD],
             memory_limit=memory_limit,
             dashboard_address=":0",
         ) as cluster,

@@ -20,6 +20,8 @@ import time
 import numpy as np
 from _common import OUT, dataset, start_rss_sampler, stop_rss_sampler, write_result
 
+from image3_dask.pipeline.cluster import WORKER_PRELOAD
+
 
 def busy_profile(stream: list[dict], t0: float, t1: float) -> dict:
     """Seconds during which 0, 1, or >= 2 tasks were running, from Dask's task stream."""
@@ -87,6 +89,7 @@ def main() -> None:
             n_workers=2,
             threads_per_worker=1,
             processes=True,
+            preload=[WORKER_PRELOAD],
             dashboard_address=":0",
             memory_limit=args.memory_limit,
         ) as cluster,

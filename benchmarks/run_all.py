@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from _common import OUT, dataset, run_official, start_rss_sampler, stop_rss_sampler, write_result
 
+from image3_dask.pipeline.cluster import WORKER_PRELOAD
+
 CASES = {
     "miri_dither_4_256px": dict(
         instrument="miri", n=4, pattern="dither", seed=20, shape=(256, 256)
@@ -70,6 +72,7 @@ def run_ours(asn: Path, out: Path, n_workers: int, apcorr: Path, abvega: Path) -
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
+            preload=[WORKER_PRELOAD],
             dashboard_address=":0",
             memory_limit="4GB",
         ) as cluster,

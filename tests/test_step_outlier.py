@@ -328,3 +328,31 @@ def test_parity_without_resampling(sky_dither, client, tmp_path):
     assert n_ours > 0
     for a, b in zip(ours, official, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_singles_cache_roundtrip_and_cleanup(runs, tmp_path):
+    """Kept singles read back exactly (crop, NaN/zero outside) and are removed after the median."""
+    from image3_dask.algorithms.tiles import Tile
+    from image3_dask.graph.outlier import _cache_single, _cached_singles
+
+    rng = np.random.default_rng(3)
+    tile = Tile(0, 0, 0, 40, 0, 50)
+    sci = np.full(tile.shape, np.nan, np.float32)
+    wht = np.zeros(tile.shape, np.float32)
+    sci[5:20, 7:31] = rng.normal(size=(15, 24))
+    wht[5:20, 7:31] = rng.uniform(0.5, 1, size=(15, 24))
+    zero_fill = np.zeros(tile.shape, np.float32)  # fillval=0: no pixel is NaN
+    _cache_single(tmp_path, 0, sci, wht)
+    _cache_single(tmp_path, 1, zero_fill, np.zeros(tile.shape, np.float32))
+    got = list(_cached_singles(tile, [(0, []), (1, []), (2, [])], tmp_path))
+    np.testing.assert_array_equal(got[0][1], sci)
+    np.testing.assert_array_equal(got[0][2], wht)
+    np.testing.assert_array_equal(got[1][1], zero_fill)
+    assert got[2][1:] == (None, None)
+    with np.load(tmp_path / "g0.npz") as z:
+        assert list(z["box"]) == [5, 20, 7, 31]
+
+    with_step, _ = runs
+    cache = with_step["i2d"].parent / f"{with_step['i2d'].name[: -len('_i2d.fits')]}_work"
+    left = [p for p in (cache / "outlier_singles_cache").glob("*") if p.is_dir()]
+    assert (cache / "median.zarr").exists() and left == []

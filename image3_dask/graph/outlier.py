@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -267,6 +268,42 @@ def _singles(
         yield gi, out["sci"], out["wht"]
 
 
+def _cache_single(tile_dir: Path, gi: int, sci: np.ndarray, wht: np.ndarray) -> None:
+    """Keep one group's single over a tile for the median pass (cropped to where it has data).
+
+    Outside the saved box the single is ``sci=NaN, wht=0`` (no input reached those pixels).
+    """
+    has = (wht != 0) | np.isfinite(sci)
+    rows, cols = np.flatnonzero(has.any(axis=1)), np.flatnonzero(has.any(axis=0))
+    box = (
+        np.array([rows[0], rows[-1] + 1, cols[0], cols[-1] + 1], np.int64)
+        if rows.size
+        else np.zeros(4, np.int64)
+    )
+    y0, y1, x0, x1 = (int(v) for v in box)
+    _save_npz(
+        tile_dir / f"g{gi}.npz", {"box": box, "sci": sci[y0:y1, x0:x1], "wht": wht[y0:y1, x0:x1]}
+    )
+
+
+def _cached_singles(
+    tile: Tile, groups: GroupEntries, tile_dir: Path
+) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None]]:
+    """The singles that :func:`weights_tile` kept in ``tile_dir``, as :func:`_singles` yields them."""
+    for gi, _ in groups:
+        path = tile_dir / f"g{gi}.npz"
+        if not path.is_file():
+            yield gi, None, None
+            continue
+        with np.load(path) as z:
+            y0, y1, x0, x1 = (int(v) for v in z["box"])
+            sci = np.full(tile.shape, np.nan, np.float32)
+            wht = np.zeros(tile.shape, np.float32)
+            sci[y0:y1, x0:x1] = z["sci"]
+            wht[y0:y1, x0:x1] = z["wht"]
+        yield gi, sci, wht
+
+
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
@@ -283,11 +320,14 @@ def weights_tile(
     stats_path: Path,
     store_path: Path,
     fp: str,
+    cache_dir: Path | None = None,
 ) -> dict:
     """Task (pass 1): weight summaries of each group's single drizzle over one tile.
 
     The summaries (:class:`~image3_dask.algorithms.median.WeightStats`) are saved in
-    ``stats_path`` as arrays ``v<group>`` (values) and ``c<group>`` (counts).
+    ``stats_path`` as arrays ``v<group>`` (values) and ``c<group>`` (counts). With
+    ``cache_dir``, the singles themselves are kept in ``cache_dir/<tile>/`` (cropped to where
+    they have data), so that the median pass reads them instead of drizzling them again.
 
     Returns
     -------
@@ -303,14 +343,22 @@ def weights_tile(
         }
     arrays: dict[str, np.ndarray] = {}
     found = []
-    for gi, _sci, wht in _singles(tile, groups, plan_info, params):
+    tile_dir = None if cache_dir is None else cache_dir / tile.name
+    if tile_dir is not None:
+        shutil.rmtree(tile_dir, ignore_errors=True)
+    for gi, sci, wht in _singles(tile, groups, plan_info, params):
         if wht is None:
             continue
+        if tile_dir is not None:
+            _cache_single(tile_dir, gi, sci, wht)
         ws = weight_stats(wht)
         if ws.npix:
             arrays[f"v{gi}"] = ws.values
             arrays[f"c{gi}"] = ws.counts
             found.append(gi)
+    if tile_dir is not None:
+        tile_dir.mkdir(parents=True, exist_ok=True)
+        (tile_dir / "complete").write_text(fp)
     _save_npz(stats_path, arrays)
     store.mark_done("outlier-weights", tile.name, fp, {"groups": found})
     return {"tile": tile.name, "groups": found, "reused": False}
@@ -351,6 +399,8 @@ def median_tile_task(
     store_path: Path,
     fp: str,
     singles: dict[int, Path] | None = None,
+    cache_dir: Path | None = None,
+    cache_fp: str = "",
 ) -> dict:
     """Task (pass 2): median of the groups' single drizzles over one tile, into the store.
 
@@ -374,6 +424,12 @@ def median_tile_task(
     singles : dict, optional
         Group index -> store of that group's single (planes ``sci``, ``wht``), to save the
         singles (``save_intermediate_results``).
+    cache_dir : Path, optional
+        Where :func:`weights_tile` kept the singles; read from there when complete and written
+        for ``cache_fp`` (the weights task's fingerprint), and removed once the median is
+        written; drizzled again otherwise.
+    cache_fp : str
+        Fingerprint of the weights task whose singles may be read.
 
     Returns
     -------
@@ -390,7 +446,13 @@ def median_tile_task(
     sci = np.full((n, ty, tx), np.nan, np.float32)
     wht = np.zeros((n, ty, tx), np.float32)
     used = np.zeros(n, bool)
-    for k, (gi, s, w) in enumerate(_singles(tile, groups, plan_info, params)):
+    tile_dir = None if cache_dir is None else cache_dir / tile.name
+    marker = None if tile_dir is None else tile_dir / "complete"
+    if marker is not None and marker.is_file() and marker.read_text() == cache_fp:
+        source = _cached_singles(tile, groups, tile_dir)
+    else:
+        source = _singles(tile, groups, plan_info, params)
+    for k, (gi, s, w) in enumerate(source):
         if s is None:
             continue
         sci[k], wht[k], used[k] = s, w, True
@@ -418,6 +480,8 @@ def median_tile_task(
     del sci, wht
     store.write_tile("median", tile.y0, tile.x0, med)
     store.mark_done("outlier-median", tile.name, fp, {"n_groups": int(used.sum())})
+    if tile_dir is not None:
+        shutil.rmtree(tile_dir, ignore_errors=True)
     return {
         "tile": tile.name,
         "n_groups": int(used.sum()),
@@ -759,8 +823,10 @@ def _run_resampled(ctx, exposures, params, store_path: Path, crf_paths, crf_meta
         )
 
     thresholds: dict[int, float] | None = None
+    cache_dir: Path | None = None
     if len(plan.tiles) > 1:
         stats_dir = ctx.work_dir / "outlier_weights"
+        cache_dir = ctx.work_dir / "outlier_singles_cache"
         tasks = [
             TaskSpec(
                 "outlier-weights",
@@ -774,6 +840,7 @@ def _run_resampled(ctx, exposures, params, store_path: Path, crf_paths, crf_meta
                     stats_dir / f"{t.name}.npz",
                     store_path,
                     tile_fp(t, "weights"),
+                    cache_dir,
                 ),
             )
             for t in tiles
@@ -812,6 +879,8 @@ def _run_resampled(ctx, exposures, params, store_path: Path, crf_paths, crf_meta
                 store_path,
                 tile_fp(t, "median", thresholds),
                 singles,
+                cache_dir,
+                tile_fp(t, "weights"),
             ),
         )
         for t in tiles

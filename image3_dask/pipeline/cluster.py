@@ -31,6 +31,10 @@ class ClusterError(Image3Error):
     """The scheduler cannot be reached or the cluster cannot be started."""
 
 
+#: Module every local worker preloads (imports and schema warm-up at start).
+WORKER_PRELOAD = "image3_dask.pipeline.worker_setup"
+
+
 def default_workers() -> int:
     """One worker process per available core."""
     try:
@@ -276,6 +280,7 @@ def connect(
         dashboard_address=dashboard_address,
         silence_logs=logging.ERROR,
         security=security,
+        preload=[WORKER_PRELOAD],
     )
     c = Client(local, security=security)
     try:
