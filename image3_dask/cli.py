@@ -335,7 +335,11 @@ def _execute(pipeline, inputs, output_dir, args, product_name=None):
 
 def _print_products(products: dict) -> None:
     for kind, value in products.items():
-        if kind in ("timings", "exposures", "dashboard") or value is None or isinstance(value, dict):
+        if (
+            kind in ("timings", "exposures", "dashboard")
+            or value is None
+            or isinstance(value, dict)
+        ):
             continue
         if isinstance(value, list):
             print(f"{kind}: {len(value)} files" + (f", e.g. {value[0]}" if value else ""))

@@ -695,7 +695,13 @@ def run(ctx, exposures: list) -> list:
             ctx.product_path("i2d").name,
         )
         return exposures
-    meta, shape = read_i2d_meta(i2d)
+    known = ctx.shared.get("i2d_model")
+    if known is not None and Path(known[0]) == Path(i2d):
+        # the resample step of this run: its metadata, while the FITS file is still streamed
+        meta, shape = known[1].copy(), tuple(known[2])
+    else:
+        ctx.finish_pending()
+        meta, shape = read_i2d_meta(i2d)
     if meta.meta.bunit_data not in (None, "MJy/sr") or meta.meta.bunit_err not in (None, "MJy/sr"):
         raise InputError(f"{i2d}: data and err must be in MJy/sr, not {meta.meta.bunit_data}")
     area = meta.meta.photometry.pixelarea_steradians
@@ -727,6 +733,7 @@ def run(ctx, exposures: list) -> list:
     if tiled:
         catalog, chunks = _run_tiled(ctx, info, params, refdata, extra_meta, segm_store)
     else:
+        ctx.finish_pending()  # the frame task reads the i2d FITS file
         chunks = (
             tuple(MosaicStore(store).read_chunks("sci")[-2:])
             if store

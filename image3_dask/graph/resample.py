@@ -331,8 +331,24 @@ def run(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
     )
     if params["report_var"]:
         arrays += ["var_poisson", "var_rnoise", "var_flat"]
-    write_i2d(store, model, out, arrays=arrays)
+    # streamed on a worker while the next step (source_catalog, which reads the Zarr store)
+    # runs; the pipeline waits for it before it ends
+    ctx.defer(
+        "resample: i2d FITS",
+        [
+            TaskSpec(
+                "resample-fits", ctx.product_name, write_i2d_task, (store_path, model, out, arrays)
+            )
+        ],
+    )
     ctx.products["i2d"] = out
     ctx.products["i2d_zarr"] = store_path
     ctx.shared["i2d_plan"] = plan
+    ctx.shared["i2d_model"] = (out, model, plan.grid.shape)
     return exposures
+
+
+def write_i2d_task(store_path: Path, model, out: Path, arrays: list[str]) -> str:
+    """Task: stream ``<product>_i2d.fits`` from the mosaic store (written atomically)."""
+    write_i2d(MosaicStore(store_path), model, out, arrays=arrays)
+    return str(out)

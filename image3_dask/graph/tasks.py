@@ -15,7 +15,7 @@ from typing import Any
 
 from image3_dask.errors import Image3Error
 
-__all__ = ["TaskSpec", "StepFailed", "run_tasks", "watch_tasks"]
+__all__ = ["TaskSpec", "StepFailed", "run_tasks", "submit_tasks", "wait_tasks", "watch_tasks"]
 
 #: Run token -> callbacks ``(key, state)`` told when tasks are submitted and when they end.
 _watchers: dict[str, list[Callable[[tuple, str], None]]] = {}
@@ -82,31 +82,61 @@ def _bar(label: str, done: int, total: int, t0: float, stream) -> None:
     stream.flush()
 
 
-def run_tasks(
-    client,
-    tasks: Sequence[TaskSpec],
-    token: str,
-    label: str | None = None,
-    progress: bool = True,
-    stream=None,
-    retries: int = 1,
-) -> list[Any]:
-    """Submit tasks to the cluster, show progress, and return their results in order.
+def submit_tasks(client, tasks: Sequence[TaskSpec], token: str, retries: int = 1) -> list:
+    """Submit tasks to the cluster without waiting; return their futures, in order.
 
     Parameters
     ----------
     client : distributed.Client
         Where the tasks run.
     tasks : sequence of TaskSpec
-        The tasks; arguments should be small (paths, metadata, WCS objects).
+        The tasks; arguments should be small (paths, metadata, WCS objects) or futures of
+        earlier tasks.
     token : str
         Run token, the last element of every key.
+    retries : int
+        Times a task is retried when its worker dies (tasks are idempotent).
+
+    Returns
+    -------
+    list of distributed.Future
+        One per task; wait for them with :func:`wait_tasks`.
+    """
+    futures = []
+    for t in tasks:
+        key = (t.action, t.name, token)
+        futures.append(
+            client.submit(t.func, *t.args, key=key, pure=False, retries=retries, **(t.kwargs or {}))
+        )
+    _tell(token, [f.key for f in futures], "waiting")
+    return futures
+
+
+def wait_tasks(
+    client,
+    futures: Sequence[Any],
+    tasks: Sequence[TaskSpec],
+    token: str,
+    label: str | None = None,
+    progress: bool = True,
+    stream=None,
+) -> list[Any]:
+    """Wait for submitted tasks, show progress, and return their results in order.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        Where the tasks run.
+    futures : sequence of distributed.Future
+        From :func:`submit_tasks`.
+    tasks : sequence of TaskSpec
+        The tasks behind ``futures`` (named in error messages).
+    token : str
+        Run token.
     label : str, optional
         Text of the progress line (default: the first task's action).
     progress : bool
         Draw a progress line on ``stream`` (standard error by default).
-    retries : int
-        Times a task is retried when its worker dies (tasks are idempotent).
 
     Raises
     ------
@@ -115,18 +145,11 @@ def run_tasks(
     """
     from distributed import as_completed
 
-    if not tasks:
+    if not futures:
         return []
     stream = stream or sys.stderr
     label = label or tasks[0].action
-    futures = []
-    for t in tasks:
-        key = (t.action, t.name, token)
-        futures.append(
-            client.submit(t.func, *t.args, key=key, pure=False, retries=retries, **(t.kwargs or {}))
-        )
     index = {f.key: i for i, f in enumerate(futures)}
-    _tell(token, index, "waiting")
     results: list[Any] = [None] * len(futures)
     t0 = time.perf_counter()
     done = 0
@@ -151,7 +174,7 @@ def run_tasks(
             if show:
                 _bar(label, done, len(futures), t0, stream)
     except BaseException:
-        client.cancel(futures)
+        client.cancel(list(futures))
         _tell(token, [f.key for f in futures if f.status != "finished"], "cancelled")
         if show:
             stream.write("\n")
@@ -160,3 +183,27 @@ def run_tasks(
         stream.write("\n")
         stream.flush()
     return results
+
+
+def run_tasks(
+    client,
+    tasks: Sequence[TaskSpec],
+    token: str,
+    label: str | None = None,
+    progress: bool = True,
+    stream=None,
+    retries: int = 1,
+) -> list[Any]:
+    """Submit tasks to the cluster, show progress, and return their results in order.
+
+    :func:`submit_tasks` then :func:`wait_tasks`; see them for the parameters.
+
+    Raises
+    ------
+    StepFailed
+        When a task raises; the other tasks of the call are cancelled.
+    """
+    if not tasks:
+        return []
+    futures = submit_tasks(client, tasks, token, retries=retries)
+    return wait_tasks(client, futures, tasks, token, label=label, progress=progress, stream=stream)

@@ -44,6 +44,10 @@ class RunContext:
     monitor : MosaicMonitor, optional
         Told of every plan and tiling (:mod:`image3_dask.service.mosaic_page`), when the run
         is watched.
+    pending : list
+        Work submitted by a step that later steps need not wait for (e.g. streaming the i2d
+        FITS file while the catalog runs): ``(label, tasks, futures)``, awaited by
+        :meth:`finish_pending` at the end of the run.
     """
 
     client: Any
@@ -56,6 +60,33 @@ class RunContext:
     products: dict[str, Any] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)
     monitor: Any = None
+    pending: list[tuple[str, list, list]] = field(default_factory=list)
+
+    def defer(self, label: str, tasks: list) -> list:
+        """Submit ``tasks`` now and wait for them only in :meth:`finish_pending`."""
+        from image3_dask.graph.tasks import submit_tasks
+
+        futures = submit_tasks(self.client, tasks, self.token)
+        self.pending.append((label, list(tasks), futures))
+        return futures
+
+    def finish_pending(self) -> None:
+        """Wait for the deferred tasks (progress line per batch); raise if one failed."""
+        from image3_dask.graph.tasks import wait_tasks
+
+        while self.pending:
+            label, tasks, futures = self.pending[0]
+            wait_tasks(self.client, futures, tasks, self.token, label=label, progress=self.progress)
+            self.pending.pop(0)
+
+    def cancel_pending(self) -> None:
+        """Cancel the deferred tasks (the run failed); never raises."""
+        for _, _, futures in self.pending:
+            try:
+                self.client.cancel(futures)
+            except Exception as exc:  # the cluster may be gone already
+                log.debug("cancelling deferred tasks failed: %s", exc)
+        self.pending.clear()
 
     def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Call ``monitor.<method>(*args, **kwargs)`` when the run is watched; never raises."""

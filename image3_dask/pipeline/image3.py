@@ -246,15 +246,22 @@ class Image3Pipeline:
                 monitor=page.monitor if page is not None else None,
             )
             ctx.products["dashboard"] = link
-            for step in STEP_ORDER:
-                if self.config[step].skip:
-                    log.info("Step %s skipped", step)
-                    continue
+            try:
+                for step in STEP_ORDER:
+                    if self.config[step].skip:
+                        log.info("Step %s skipped", step)
+                        continue
+                    t0 = time.perf_counter()
+                    log.info("Step %s running on %d exposures", step, len(exposures))
+                    exposures = _step_runner(step)(ctx, exposures)
+                    timings[step] = time.perf_counter() - t0
+                    log.info("Step %s done in %.1f s", step, timings[step])
                 t0 = time.perf_counter()
-                log.info("Step %s running on %d exposures", step, len(exposures))
-                exposures = _step_runner(step)(ctx, exposures)
-                timings[step] = time.perf_counter() - t0
-                log.info("Step %s done in %.1f s", step, timings[step])
+                ctx.finish_pending()  # e.g. the i2d FITS streamed while the catalog ran
+                timings["finish"] = time.perf_counter() - t0
+            except BaseException:
+                ctx.cancel_pending()
+                raise
             if not keep_work and work_dir.exists():
                 shutil.rmtree(work_dir, ignore_errors=True)
         ctx.products["timings"] = timings

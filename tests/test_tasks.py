@@ -1,0 +1,65 @@
+"""Deferred tasks: submitted by one step, awaited at the end of the run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from image3_dask.graph.tasks import StepFailed, TaskSpec, watch_tasks
+from image3_dask.io.asn import Association
+from image3_dask.pipeline.config import PipelineConfig
+from image3_dask.pipeline.context import RunContext
+
+
+def _write_after(path: str, seconds: float) -> str:
+    time.sleep(seconds)
+    Path(path).write_text("done")
+    return path
+
+
+def _fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def _ctx(client, tmp_path) -> RunContext:
+    asn = Association(product_name="p", asn_id="a3001", members=[])
+    return RunContext(
+        client=client,
+        config=PipelineConfig({}),
+        asn=asn,
+        output_dir=tmp_path,
+        work_dir=tmp_path / "work",
+        progress=False,
+    )
+
+
+def test_deferred_tasks_run_while_the_client_goes_on(client, tmp_path):
+    ctx = _ctx(client, tmp_path)
+    states = []
+    unwatch = watch_tasks(ctx.token, lambda key, state: states.append((key[0], state)))
+    out = tmp_path / "late.txt"
+    ctx.defer("late", [TaskSpec("late-write", "x", _write_after, (str(out), 1.0))])
+    assert not out.exists()  # defer returned before the task finished
+    ctx.finish_pending()
+    unwatch()
+    assert out.read_text() == "done" and ctx.pending == []
+    assert states == [("late-write", "waiting"), ("late-write", "done")]
+
+
+def test_a_failed_deferred_task_fails_the_run_and_names_itself(client, tmp_path):
+    ctx = _ctx(client, tmp_path)
+    ctx.defer("bad", [TaskSpec("resample-fits", "p", _fail, ("disk full",))])
+    with pytest.raises(StepFailed, match="resample-fits p failed: ValueError: disk full"):
+        ctx.finish_pending()
+
+
+def test_cancel_pending(client, tmp_path):
+    ctx = _ctx(client, tmp_path)
+    out = tmp_path / "never.txt"
+    futures = ctx.defer("slow", [TaskSpec("slow-write", "x", _write_after, (str(out), 5.0))])
+    ctx.cancel_pending()
+    assert ctx.pending == []
+    time.sleep(0.2)
+    assert futures[0].status == "cancelled"
