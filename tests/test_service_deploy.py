@@ -63,6 +63,7 @@ def test_slurm_job_script_from_the_deploy_config():
     assert argv[argv.index("--nthreads") + 1] == "1"
     assert argv[argv.index("--nworkers") + 1] == "8"
     assert argv[argv.index("--resources") + 1] == "image3-driver=1"
+    assert argv[argv.index("--preload") + 1] == "image3_dask.pipeline.worker_setup"
     assert argv[argv.index("--local-directory") + 1] == "$TMPDIR"
     assert "--memory-limit" in argv and "--nanny" in argv
 
@@ -128,5 +129,8 @@ def test_kubernetes_manifests():
     worker = dc["worker"]["spec"]["containers"][0]
     assert worker["args"][:2] == ["dask", "worker"]
     assert worker["args"][worker["args"].index("--nthreads") + 1] == "1"
+    assert worker["args"][worker["args"].index("--preload") + 1] == (
+        "image3_dask.pipeline.worker_setup"
+    )
     job = yaml.safe_load((ROOT / "deploy/kubernetes/submit-job.yaml").read_text())
     parses_as_cli(job["spec"]["template"]["spec"]["containers"][0]["args"])

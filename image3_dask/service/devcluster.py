@@ -137,6 +137,8 @@ class ProcessCluster:
             "60",
             "--local-directory",
             str(self.folder / f"worker-space-{n}"),
+            "--preload",
+            "image3_dask.pipeline.worker_setup",
             *self._tls_args(),
         ]
         if self.resources:
