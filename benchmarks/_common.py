@@ -79,19 +79,49 @@ def stop_rss_sampler(dask_worker=None) -> float:
     return state["peak"] / 2**20
 
 
-def run_official(code: str, label: str) -> dict:
-    """Run Python ``code`` (which must print one JSON line) in a fresh offline subprocess."""
+def run_official(code: str, label: str, log_path: Path | None = None) -> dict:
+    """Run Python ``code`` (which must print one JSON line) in a fresh offline subprocess.
+
+    With ``log_path`` its standard error (jwst's log) is saved there, and the result gets
+    ``step_seconds``: the time of each stpipe step from its "running"/"done" log lines.
+    """
     env = {**os.environ, **OFFLINE_ENV}
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", RSS_SAMPLER_CODE + code], capture_output=True, text=True, env=env
     )
     wall = time.perf_counter() - t0
+    if log_path is not None:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(log_path).write_text(proc.stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"{label} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["wall_process"] = wall
+    if log_path is not None:
+        result["step_seconds"] = stpipe_step_seconds(proc.stderr)
     return result
+
+
+def stpipe_step_seconds(log: str) -> dict[str, float]:
+    """Seconds of each stpipe step, from the timestamps of its "Step <name> running"/"done" lines."""
+    import re
+    from datetime import datetime
+
+    pattern = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*Step (\w+) (running|done)")
+    started: dict[str, datetime] = {}
+    out: dict[str, float] = {}
+    for line in log.splitlines():
+        m = pattern.match(line)
+        if not m:
+            continue
+        t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        name, what = m.group(2), m.group(3)
+        if what == "running":
+            started[name] = t
+        elif name in started:
+            out[name] = out.get(name, 0.0) + (t - started.pop(name)).total_seconds()
+    return out
 
 
 def run_ours(

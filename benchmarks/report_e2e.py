@@ -91,14 +91,20 @@ def e2e_sections(results: list[dict]) -> list[str]:
     lines += [_agreement_row(r) for r in results]
     lines += [
         "",
-        "Time per step, ours on 2 workers (seconds, as the pipeline logs them):",
+        "Time per step in seconds, from each pipeline's log (jwst's where its log was kept):",
         "",
-        "| case | " + " | ".join(STEPS) + " |",
-        "|---" * (len(STEPS) + 1) + "|",
+        "| case | run | " + " | ".join(STEPS) + " |",
+        "|---" * (len(STEPS) + 2) + "|",
     ]
+
+    def cells(t: dict) -> str:
+        return " | ".join(f"{t[s]:.1f}" if s in t else "" for s in STEPS)
+
     for r in results:
-        t = r["ours_2w"]["timings"]
-        lines.append(f"| {r['case']} | " + " | ".join(f"{t.get(s, 0):.1f}" for s in STEPS) + " |")
+        if r["official"].get("step_seconds"):
+            lines.append(f"| {r['case']} | jwst | {cells(r['official']['step_seconds'])} |")
+        lines.append(f"| {r['case']} | ours, 1 worker | {cells(r['ours_1w']['timings'])} |")
+        lines.append(f"| {r['case']} | ours, 2 workers | {cells(r['ours_2w']['timings'])} |")
     return lines
 
 
@@ -144,6 +150,24 @@ def targets_section(results: list[dict], large: dict | None) -> list[str]:
             f"{large['worker_peak_mb']:.0f} MB/worker | "
             f"{mark(max(large['grid_shape']) > 10000 and large['worker_peak_mb'] < 2000)} |"
         )
+    if r16 and r16["ratio_wall_2w"] > TARGET_RATIO_16:
+        o, w2 = r16["official"], r16["ours_2w"]
+        floor = w2["cpu"] / 2
+        lines += [
+            "",
+            f"Why the wall-time target is not met on this machine: on the 16-exposure mosaic jwst "
+            f"used {o['cpu']:.0f} CPU-seconds in {o['wall']:.0f} s, and image3-dask "
+            f"{w2['cpu']:.0f} CPU-seconds over all its processes (workers, scheduler, client). "
+            f"Both spend most of them in the same kernels (the drizzle C code, gwcs pixel maps, "
+            f"photutils), and image3-dask does no more of that work than jwst (it computes each "
+            f"pixel map once, where jwst computes it for outlier detection and again for "
+            f"resample). "
+            f"With 2 cores the wall time cannot fall below {floor:.0f} s "
+            f"({floor / o['wall']:.2f}x jwst), whatever the scheduling; 0.4x needs about "
+            f"{0.4 * o['wall'] * 2:.0f} CPU-seconds in all, less than jwst itself uses. The "
+            "rest of the gap is the serial part of the run (alignment and sky solves, planning, "
+            "the final writes) and two workers sharing one memory bus.",
+        ]
     return lines + [""]
 
 
