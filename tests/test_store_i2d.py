@@ -85,3 +85,29 @@ def test_i2d_failure_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         write_i2d(store, datamodels.ImageModel(), tmp_path / "p_i2d.fits")
     assert [p.name for p in tmp_path.iterdir()] == ["p_i2d.zarr"]
+
+
+def test_i2d_strips_hold_one_plane_and_few_rows(tmp_path, monkeypatch):
+    """A strip read for the FITS file is one plane (never all CON planes) of at most STRIP_BYTES."""
+    from stdatamodels.jwst import datamodels
+
+    import image3_dask.io.i2d_writer as writer
+
+    store = MosaicStore(tmp_path / "p_i2d.zarr")
+    store.create((70, 90), (32, 32), PLANES, n_con_planes=2)
+    full = _fill(store, (70, 90), (32, 32))
+    monkeypatch.setattr(writer, "STRIP_BYTES", 4 * 90 * 10)  # 10 rows of one plane
+    reads = []
+    original = MosaicStore.read
+
+    def spy(self, name, ys=slice(None), xs=slice(None), plane=None):
+        out = original(self, name, ys, xs, plane=plane)
+        reads.append(out.shape)
+        return out
+
+    monkeypatch.setattr(MosaicStore, "read", spy)
+    out = writer.write_i2d(store, datamodels.ImageModel(), tmp_path / "p_i2d.fits")
+    assert reads and all(len(s) == 2 and s[0] <= 10 for s in reads)
+    with datamodels.open(out) as m:
+        np.testing.assert_array_equal(m.con, full["con"])
+        np.testing.assert_array_equal(m.data, full["sci"])

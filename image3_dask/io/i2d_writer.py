@@ -40,6 +40,10 @@ I2D_ARRAYS = {
     "var_flat": ("var_flat", ">f4"),
 }
 
+#: Bytes of one strip read from the store at a time (rows of one plane): the writer runs on a
+#: worker alongside other tasks, so a strip of a 10,000-pixel-wide mosaic stays ~64 MB.
+STRIP_BYTES = 64 * 2**20
+
 
 def _template_headers(model, arrays: list[str], workdir: Path):
     """Save ``model`` with 1x1 arrays and return its HDU headers and ASDF tree."""
@@ -83,7 +87,9 @@ def stream_image_hdu(
     shape : tuple of int
         ``(ny, nx)`` or ``(nplanes, ny, nx)``.
     read_rows : callable
-        ``read_rows(slice_of_rows)`` returns those rows (all planes for a 3-D shape).
+        ``read_rows(slice_of_rows)`` returns those rows; for a 3-D shape it is called as
+        ``read_rows(slice_of_rows, k)`` and returns those rows of plane ``k`` only (so that a
+        strip never holds all the planes).
     dtype : str
         Big-endian FITS dtype of the data (``">f4"``, ``">i4"``).
     rows_per_strip : int
@@ -100,9 +106,8 @@ def stream_image_hdu(
     stream = fits.StreamingHDU(str(path), header)  # a str: astropy appends only to named files
     for k in range(shape[0] if len(shape) == 3 else 1):
         for y0 in range(0, ny, rows_per_strip):
-            strip = read_rows(slice(y0, min(ny, y0 + rows_per_strip)))
-            if len(shape) == 3:
-                strip = strip[k]
+            rows = slice(y0, min(ny, y0 + rows_per_strip))
+            strip = read_rows(rows, k) if len(shape) == 3 else read_rows(rows)
             stream.write(np.ascontiguousarray(strip, dtype=dtype))
     stream.close()
 
@@ -166,7 +171,16 @@ def write_i2d(
                 continue
             plane, dtype = I2D_ARRAYS[attr]
             shape = store.shape(plane)
-            step = rows_per_strip or store.read_chunks(plane)[-2]
-            stream_image_hdu(tmp, header, shape, lambda ys, p=plane: store.read(p, ys), dtype, step)
+            step = rows_per_strip or min(
+                store.read_chunks(plane)[-2], max(1, STRIP_BYTES // (4 * shape[-1]))
+            )
+            stream_image_hdu(
+                tmp,
+                header,
+                shape,
+                lambda ys, k=None, p=plane: store.read(p, ys, plane=k),
+                dtype,
+                step,
+            )
         append_asdf_hdu(tmp, asdf_bytes)
     return out_path

@@ -118,11 +118,17 @@ class MosaicStore:
         else:
             arr[y0 : y0 + array.shape[0], x0 : x0 + array.shape[1]] = array
 
-    def read(self, name: str, ys: slice = slice(None), xs: slice = slice(None)) -> np.ndarray:
-        """Read a region of a plane (all CON planes for ``con``)."""
+    def read(
+        self,
+        name: str,
+        ys: slice = slice(None),
+        xs: slice = slice(None),
+        plane: int | None = None,
+    ) -> np.ndarray:
+        """Read a region of a plane (all CON planes for ``con``, or only ``plane`` of them)."""
         arr = zarr.open_array(self.path / name, mode="r")
         if arr.ndim == 3:
-            return arr[:, ys, xs]
+            return arr[:, ys, xs] if plane is None else arr[plane, ys, xs]
         return arr[ys, xs]
 
     def shape(self, name: str) -> tuple[int, ...]:
