@@ -8,6 +8,7 @@ used: Linux keeps the parent's value across exec, so every worker would report i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -79,6 +80,58 @@ def stop_rss_sampler(dask_worker=None) -> float:
     return state["peak"] / 2**20
 
 
+@contextlib.contextmanager
+def local_client(n_workers: int, memory_limit: str):
+    """A fresh local cluster of single-thread worker processes (preloaded as the CLI's) and its client."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            preload=[WORKER_PRELOAD],
+            dashboard_address=":0",
+            memory_limit=memory_limit,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def miri_mosaic_spec(rows: int, cols: int, shape: tuple[int, int] | None) -> tuple[str, dict]:
+    """Name and simulation parameters of the MIRI mosaics of the resample benchmarks.
+
+    Parameters
+    ----------
+    rows, cols : int
+        Pointings of the mosaic.
+    shape : tuple of int or None
+        Detector shape ``(ny, nx)``; None for the full MIRI imager.
+
+    Returns
+    -------
+    name : str
+        Cache name (``miri_mosaic_<rows>x<cols>``, plus ``_<ny>x<nx>`` for a smaller detector).
+    spec : dict
+        Keyword arguments of :func:`image3_dask.simulate.simulate`.
+    """
+    name = f"miri_mosaic_{rows}x{cols}"
+    spec: dict = dict(
+        instrument="miri",
+        n=rows * cols,
+        rows=rows,
+        cols=cols,
+        seed=7,
+        pattern="mosaic",
+        n_galaxies=20,
+    )
+    if shape is not None:
+        name += f"_{shape[0]}x{shape[1]}"
+        spec["shape"] = tuple(shape)
+    return name, spec
+
+
 def run_official(code: str, label: str, log_path: Path | None = None) -> dict:
     """Run Python ``code`` (which must print one JSON line) in a fresh offline subprocess.
 
@@ -130,22 +183,10 @@ def run_ours(
     """Run image3-dask on a fresh local cluster; time it and read every worker's peak RSS."""
     import shutil
 
-    from distributed import Client, LocalCluster
-
     from image3_dask.pipeline.image3 import Image3Pipeline
 
     shutil.rmtree(out, ignore_errors=True)
-    with (
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            preload=[WORKER_PRELOAD],
-            memory_limit=memory_limit,
-            dashboard_address=":0",
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_client(n_workers, memory_limit) as client:
         base = client.run(start_rss_sampler)
         t0 = time.perf_counter()
         products = Image3Pipeline.call(

@@ -18,9 +18,7 @@ import json
 import time
 
 import numpy as np
-from _common import OUT, dataset, start_rss_sampler, stop_rss_sampler, write_result
-
-from image3_dask.pipeline.cluster import WORKER_PRELOAD
+from _common import OUT, dataset, local_client, start_rss_sampler, stop_rss_sampler, write_result
 
 
 def busy_profile(stream: list[dict], t0: float, t1: float) -> dict:
@@ -73,7 +71,7 @@ def main() -> None:
     out = OUT / "runs" / name
     import shutil
 
-    from distributed import Client, LocalCluster, get_task_stream, performance_report
+    from distributed import get_task_stream, performance_report
 
     from image3_dask.pipeline.image3 import Image3Pipeline
     from image3_dask.simulate.refs import write_reference_files
@@ -84,17 +82,7 @@ def main() -> None:
     steps = {
         "source_catalog": {"override_apcorr": str(apcorr), "override_abvegaoffset": str(abvega)}
     }
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            preload=[WORKER_PRELOAD],
-            dashboard_address=":0",
-            memory_limit=args.memory_limit,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_client(2, args.memory_limit) as client:
         client.run(start_rss_sampler)
         ts = get_task_stream(client)
         with performance_report(filename=str(out / "dask-report.html")), ts:

@@ -46,39 +46,6 @@ print(json.dumps(result))
 DO_NOT_USE = 1
 
 
-def dataset_spec(rows: int, cols: int, shape: tuple[int, int] | None) -> tuple[str, dict]:
-    """Name and simulation parameters of a MIRI mosaic (those of ``bench_resample_memory.py``).
-
-    Parameters
-    ----------
-    rows, cols : int
-        Pointings of the mosaic.
-    shape : tuple of int or None
-        Detector shape ``(ny, nx)``; None for the full MIRI imager.
-
-    Returns
-    -------
-    name : str
-        Cache name (``miri_mosaic_<rows>x<cols>``, plus ``_<ny>x<nx>`` for a smaller detector).
-    spec : dict
-        Keyword arguments of :func:`image3_dask.simulate.simulate`.
-    """
-    name = f"miri_mosaic_{rows}x{cols}"
-    spec: dict = dict(
-        instrument="miri",
-        n=rows * cols,
-        rows=rows,
-        cols=cols,
-        seed=7,
-        pattern="mosaic",
-        n_galaxies=20,
-    )
-    if shape is not None:
-        name += f"_{shape[0]}x{shape[1]}"
-        spec["shape"] = tuple(shape)
-    return name, spec
-
-
 def coadd_with_reproject(
     members: list[str],
     grid: str,
@@ -238,7 +205,7 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import OUT, dataset, run_official, run_ours, write_result
+    from _common import OUT, dataset, miri_mosaic_spec, run_official, run_ours, write_result
     from bench_resample import OFFICIAL, ONLY_RESAMPLE
 
     from image3_dask.io.asn import load_association
@@ -261,7 +228,7 @@ def main() -> None:
     )
     args = p.parse_args()
 
-    name, spec = dataset_spec(args.rows, args.cols, args.shape)
+    name, spec = miri_mosaic_spec(args.rows, args.cols, args.shape)
     asn = dataset(name, **spec)
     members = [str(m) for m in load_association(asn).members]
     out = OUT / "runs" / f"reproject_{name}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _common import dataset, run_official, run_ours, write_result
+from _common import dataset, miri_mosaic_spec, run_official, run_ours, write_result
 from bench_resample import OFFICIAL, ONLY_RESAMPLE
 
 
@@ -28,17 +28,8 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         r, c = (int(v) for v in size.split("x"))
-        name = f"miri_mosaic_{r}x{c}"
-        asn = dataset(
-            name,
-            instrument="miri",
-            n=r * c,
-            rows=r,
-            cols=c,
-            seed=7,
-            pattern="mosaic",
-            n_galaxies=20,
-        )
+        name, spec = miri_mosaic_spec(r, c, None)
+        asn = dataset(name, **spec)
         out = asn.parent.parent.parent / "runs" / name
         ours = run_ours(
             asn, out / "ours", ONLY_RESAMPLE, n_workers=2, memory_limit=args.memory_limit

@@ -18,11 +18,9 @@ import shutil
 import time
 from collections import defaultdict
 
-from _common import OUT, dataset
+from _common import OUT, dataset, local_client
 from bench_large_mosaic import busy_profile
 from run_all import CASES
-
-from image3_dask.pipeline.cluster import WORKER_PRELOAD
 
 
 def main() -> None:
@@ -38,7 +36,7 @@ def main() -> None:
     out = OUT / "runs" / f"profile_{args.case}_{args.workers}w"
     shutil.rmtree(out, ignore_errors=True)
 
-    from distributed import Client, LocalCluster, get_task_stream
+    from distributed import get_task_stream
 
     from image3_dask.pipeline.image3 import Image3Pipeline
     from image3_dask.simulate.refs import write_reference_files
@@ -61,17 +59,7 @@ def main() -> None:
     handler.addFilter(lambda r: setattr(r, "msg", f"[{r.created - t_start:7.2f}] {r.msg}") or True)
     logging.getLogger("image3_dask").addHandler(handler)
     logging.getLogger("image3_dask").setLevel(logging.INFO)
-    with (
-        LocalCluster(
-            n_workers=args.workers,
-            threads_per_worker=1,
-            processes=True,
-            preload=[WORKER_PRELOAD],
-            dashboard_address=":0",
-            memory_limit=args.memory_limit,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_client(args.workers, args.memory_limit) as client:
         ts = get_task_stream(client)
         with ts:
             t0 = time.time()

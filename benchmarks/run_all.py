@@ -20,10 +20,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import OUT, dataset, run_official, start_rss_sampler, stop_rss_sampler, write_result
+from _common import (
+    OUT,
+    dataset,
+    local_client,
+    run_official,
+    start_rss_sampler,
+    stop_rss_sampler,
+    write_result,
+)
 from report_e2e import e2e_figure, e2e_sections, targets_section
-
-from image3_dask.pipeline.cluster import WORKER_PRELOAD
 
 CASES = {
     "miri_dither_4_256px": dict(
@@ -81,8 +87,6 @@ def run_ours(
     """The whole pipeline on a fresh local cluster: wall, CPU of all processes, peak per worker."""
     import shutil
 
-    from distributed import Client, LocalCluster
-
     from image3_dask.pipeline.image3 import Image3Pipeline
 
     shutil.rmtree(out, ignore_errors=True)
@@ -91,17 +95,7 @@ def run_ours(
     }
     for step, values in (extra_steps or {}).items():
         steps.setdefault(step, {}).update(values)
-    with (
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            preload=[WORKER_PRELOAD],
-            dashboard_address=":0",
-            memory_limit=memory_limit,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_client(n_workers, memory_limit) as client:
         base = client.run(start_rss_sampler)
         cpu0 = sum(client.run(_cpu_seconds).values()) + _cpu_seconds()
         t0 = time.perf_counter()
