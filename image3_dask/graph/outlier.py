@@ -710,8 +710,14 @@ class _PlaneAlias:
     def read_chunks(self, name: str) -> tuple[int, ...]:
         return self._store.read_chunks(self._name(name))
 
-    def read(self, name: str, ys: slice = slice(None), xs: slice = slice(None)) -> np.ndarray:
-        return self._store.read(self._name(name), ys, xs)
+    def read(
+        self,
+        name: str,
+        ys: slice = slice(None),
+        xs: slice = slice(None),
+        plane: int | None = None,
+    ) -> np.ndarray:
+        return self._store.read(self._name(name), ys, xs, plane=plane)
 
 
 def _intermediate_model(members: list[ExposureInfo], grid, params: dict, asn, wcs=None):

@@ -258,7 +258,7 @@ class Image3Pipeline:
                     log.info("Step %s done in %.1f s", step, timings[step])
                 t0 = time.perf_counter()
                 ctx.finish_pending()  # e.g. the i2d FITS streamed while the catalog ran
-                timings["finish"] = time.perf_counter() - t0
+                log.debug("waited %.1f s for deferred tasks", time.perf_counter() - t0)
             except BaseException:
                 ctx.cancel_pending()
                 raise
