@@ -698,7 +698,7 @@ def run(ctx, exposures: list) -> list:
     known = ctx.shared.get("i2d_model")
     if known is not None and Path(known[0]) == Path(i2d):
         # the resample step of this run: its metadata, while the FITS file is still streamed
-        meta, shape = known[1].copy(), tuple(known[2])
+        meta, shape = known[1].copy(), tuple(ctx.shared["i2d_plan"].grid.shape)
     else:
         ctx.finish_pending()
         meta, shape = read_i2d_meta(i2d)

@@ -344,7 +344,7 @@ def run(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
     ctx.products["i2d"] = out
     ctx.products["i2d_zarr"] = store_path
     ctx.shared["i2d_plan"] = plan
-    ctx.shared["i2d_model"] = (out, model, plan.grid.shape)
+    ctx.shared["i2d_model"] = (out, model)
     return exposures
 
 
