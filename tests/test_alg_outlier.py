@@ -33,6 +33,7 @@ from image3_dask.algorithms.outlier import (
     median_full_frame,
     median_of_exposures,
     median_tile,
+    nanmedian_stack,
     weight_stats,
     weight_threshold,
 )
@@ -145,6 +146,27 @@ def test_tiled_median_equals_full_frame(singles, median):
             sci[:, ys, xs], w, [compute_weight_threshold(wg, MASKPT) for wg in w]
         )
     assert not np.array_equal(naive, median, equal_nan=True)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 7, 8, 16, 33])
+def test_nanmedian_stack_equals_numpy_bit_for_bit(k):
+    rng = np.random.default_rng(k)
+    shape = (k, 70, 53)
+    cube = (rng.normal(size=shape) * rng.choice([1.0, 1e30, 1e-30], size=shape)).astype(np.float32)
+    cube[rng.random(shape) < 0.3] = np.nan
+    cube[rng.random(shape) < 0.01] = np.inf
+    cube[rng.random(shape) < 0.01] = -np.inf
+    cube[:, :4] = np.nan  # all-NaN pixels
+    ours = nanmedian_stack(cube, block_rows=16)
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, nanmedian3D(cube.copy()))
+    assert np.isnan(ours[:4]).all() and (~np.isnan(ours[4:])).mean() > 0.6
+
+
+def test_nanmedian_stack_of_no_layers_is_nan():
+    assert np.isnan(nanmedian_stack(np.empty((0, 3, 4), np.float32))).all()
+    with pytest.raises(ValueError, match="stack"):
+        nanmedian_stack(np.zeros((3, 4), np.float32))
 
 
 def test_median_tile_does_not_modify_inputs(singles):

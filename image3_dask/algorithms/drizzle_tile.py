@@ -477,20 +477,55 @@ def drizzle_tile(
     return out
 
 
+def _footprint_box(
+    inp: DrizzleInput, xr, reach: int, shape: tuple[int, int]
+) -> tuple[slice, slice] | None:
+    """The part of the region that the usable pixels of ``inp`` can reach (or None)."""
+    xmin, xmax, ymin, ymax = xr
+    pm = inp.pixmap[ymin : ymax + 1, xmin : xmax + 1]
+    x, y = pm[..., 0], pm[..., 1]
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return None
+    x, y = x[ok], y[ok]
+    bx0 = max(int(math.floor(x.min())) - reach, 0)
+    bx1 = min(int(math.ceil(x.max())) + reach + 1, shape[1])
+    by0 = max(int(math.floor(y.min())) - reach, 0)
+    by1 = min(int(math.ceil(y.max())) + reach + 1, shape[0])
+    if bx1 <= bx0 or by1 <= by0:
+        return None
+    return slice(by0, by1), slice(bx0, bx1)
+
+
 def _add_variances(var_info, inp, weight, pixfrac, psr, xr, kernel, shape, weight_type):
-    """Drizzle and accumulate the variances of one input (stcal resample_variance_arrays)."""
+    """Drizzle and accumulate the variances of one input (stcal resample_variance_arrays).
+
+    stcal drizzles each variance onto a whole output-sized array per input and combines them
+    there; here the same is done on the box of the region that the input can reach (its
+    mapped footprint grown by the kernel's reach), which gives the same values bit for bit
+    (the pixel map is shifted by whole pixels, an exact operation) for a fraction of the
+    array work when the input covers part of the region.
+    """
+    box = _footprint_box(inp, xr, kernel_halo(kernel, pixfrac, psr), shape)
+    if box is None:
+        return
+    sy, sx = box
+    bshape = (sy.stop - sy.start, sx.stop - sx.start)
+    if bshape != tuple(shape):
+        shifted = inp.pixmap - np.array([sx.start, sy.start], dtype=inp.pixmap.dtype)
+        inp = DrizzleInput(**{**inp.__dict__, "pixmap": shifted})
     resampled: dict[str, np.ndarray] = {}
     for name in VARIANCE_NAMES:
         v = getattr(inp, name)
         if v is None or v.size == 0 or v.shape != inp.sci.shape:
             continue
-        acc = _Acc(shape, kernel, np.nan, None)
+        acc = _Acc(bshape, kernel, np.nan, None)
         acc.add(np.sqrt(v), inp, weight, pixfrac, psr, xr)
         resampled[name] = acc.img**2
 
     if weight_type is not None and weight_type.startswith("ivm"):
         rn = resampled.get("var_rnoise")
-        w = np.zeros(shape)
+        w = np.zeros(bshape)
         if rn is not None:
             mask = (rn > 0) & np.isfinite(rn)
             w[mask] = np.reciprocal(rn[mask])
@@ -499,12 +534,16 @@ def _add_variances(var_info, inp, weight, pixfrac, psr, xr, kernel, shape, weigh
             w[:] = 1.0
     else:
         t = inp.measurement_time if inp.measurement_time is not None else inp.exptime
-        w = np.full(shape, t)
+        w = np.full(bshape, t)
 
     for name, var in resampled.items():
-        wsum = var_info[name]["wsum"]
+        wsum = var_info[name]["wsum"][sy, sx]
         mask = (var >= 0) & np.isfinite(var) & (w > 0)
+        wm = w[mask]
+        add = var[mask] * wm * wm
+        old = wsum[mask]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
-            wsum[mask] = np.nansum([wsum[mask], var[mask] * w[mask] * w[mask]], axis=0)
-        var_info[name]["wt"][mask] += w[mask]
+            # np.nansum([old, add], axis=0) without stacking: NaN (nothing yet) + add = add
+            wsum[mask] = np.where(np.isnan(old), add, old + add)
+        var_info[name]["wt"][sy, sx][mask] += wm

@@ -41,7 +41,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from stcal.outlier_detection.median import nanmedian3D
 from stcal.outlier_detection.utils import compute_weight_threshold
 
 __all__ = [
@@ -51,6 +50,7 @@ __all__ = [
     "median_full_frame",
     "median_of_exposures",
     "median_tile",
+    "nanmedian_stack",
     "weight_stats",
     "weight_threshold",
 ]
@@ -207,6 +207,46 @@ def apply_weight_thresholds(
     return out
 
 
+def nanmedian_stack(cube: np.ndarray, block_rows: int = 64) -> np.ndarray:
+    """NaN-ignoring median along the first axis of a stack, equal to ``np.nanmedian``.
+
+    ``np.nanmedian`` (and stcal's row-by-row ``nanmedian3D`` that the official step uses)
+    goes through masked arrays when the stack is shorter than 600 layers, which costs about
+    a microsecond per pixel. Here each block of rows is sorted along the stack (NaN sorts
+    last), the valid values are counted, and the middle one (odd count) or the half-sum of
+    the two middle ones (even count, summed in the stack's dtype as numpy does) is taken:
+    the same values, bit for bit, several times faster.
+
+    Parameters
+    ----------
+    cube : numpy.ndarray
+        ``(nlayers, ny, nx)`` stack; NaN marks missing values (infinities are values).
+    block_rows : int, optional
+        Rows sorted at a time: bounds the temporary copy to ``nlayers * block_rows * nx``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(ny, nx)`` median, in the stack's dtype; NaN where every layer is NaN.
+    """
+    if cube.ndim != 3:
+        raise ValueError(f"need a (nlayers, ny, nx) stack, got shape {cube.shape}")
+    k, ny, nx = cube.shape
+    out = np.full((ny, nx), np.nan, dtype=cube.dtype)
+    if k == 0:
+        return out
+    for y0 in range(0, ny, max(int(block_rows), 1)):
+        s = np.sort(np.moveaxis(cube[:, y0 : y0 + block_rows, :], 0, -1), axis=-1)
+        n = k - np.count_nonzero(np.isnan(s), axis=-1)
+        hi = np.take_along_axis(s, (n // 2)[..., None], axis=-1)[..., 0]
+        lo = np.take_along_axis(s, np.maximum(n - 1, 0)[..., None] // 2, axis=-1)[..., 0]
+        with np.errstate(invalid="ignore", over="ignore"):
+            med = np.where(n % 2 == 1, hi, (lo + hi) / 2)
+        med[n == 0] = np.nan
+        out[y0 : y0 + block_rows] = med
+    return out
+
+
 def median_tile(
     singles: np.ndarray, weights: np.ndarray, thresholds: Sequence[float] | np.ndarray
 ) -> np.ndarray:
@@ -233,7 +273,7 @@ def median_tile(
     masked = apply_weight_thresholds(singles, weights, thresholds)
     if masked.shape[0] == 0:
         return np.full(masked.shape[1:], np.nan, np.float32)
-    return nanmedian3D(masked, overwrite_input=True)
+    return nanmedian_stack(masked)
 
 
 def median_full_frame(singles: np.ndarray, weights: np.ndarray, maskpt: float) -> np.ndarray:

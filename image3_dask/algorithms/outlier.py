@@ -29,6 +29,7 @@ from image3_dask.algorithms.median import (
     median_full_frame,
     median_of_exposures,
     median_tile,
+    nanmedian_stack,
     weight_stats,
     weight_threshold,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "median_full_frame",
     "median_of_exposures",
     "median_tile",
+    "nanmedian_stack",
     "parse_pair",
     "weight_stats",
     "weight_threshold",

@@ -526,7 +526,8 @@ def _flag_and_write(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = datamodels.open(info.path)
+        # no validation per assignment: saving the crf validates the whole model
+        model = datamodels.open(info.path, validate_on_assignment=False)
     try:
         a = _model_arrays(model)
         subtract = _subtract_now(info)
@@ -677,7 +678,8 @@ def copy_as_crf(info: ExposureInfo, crf_path: Path, crf_meta: dict) -> dict:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = datamodels.open(info.path)
+        # no validation per assignment: saving the crf validates the whole model
+        model = datamodels.open(info.path, validate_on_assignment=False)
     try:
         arrays = None
         if _subtract_now(info):

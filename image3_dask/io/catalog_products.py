@@ -30,7 +30,7 @@ from astropy.table import QTable, Table
 from image3_dask.errors import InputError
 from image3_dask.io.atomic import atomic_output
 from image3_dask.io.i2d_writer import _template_headers, append_asdf_hdu, stream_image_hdu
-from image3_dask.io.mosaic_store import MosaicStore
+from image3_dask.io.mosaic_store import MosaicStore, compressors
 
 __all__ = [
     "SEGM_PLANE",
@@ -267,6 +267,7 @@ def ensure_plane(
         dtype=dtype,
         fill_value=0,
         dimension_names=("y", "x"),
+        compressors=compressors(),
     )
 
 

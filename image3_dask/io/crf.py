@@ -188,7 +188,8 @@ def write_crf(
     out_path = Path(out_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = datamodels.open(source)
+        # no validation per assignment: saving the crf validates the whole model
+        model = datamodels.open(source, validate_on_assignment=False)
     try:
         update_crf_model(
             model,
