@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -513,7 +513,7 @@ def _add_variances(var_info, inp, weight, pixfrac, psr, xr, kernel, shape, weigh
     bshape = (sy.stop - sy.start, sx.stop - sx.start)
     if bshape != tuple(shape):
         shifted = inp.pixmap - np.array([sx.start, sy.start], dtype=inp.pixmap.dtype)
-        inp = DrizzleInput(**{**inp.__dict__, "pixmap": shifted})
+        inp = replace(inp, pixmap=shifted)
     resampled: dict[str, np.ndarray] = {}
     for name in VARIANCE_NAMES:
         v = getattr(inp, name)

@@ -235,15 +235,16 @@ def nanmedian_stack(cube: np.ndarray, block_rows: int = 64) -> np.ndarray:
     out = np.full((ny, nx), np.nan, dtype=cube.dtype)
     if k == 0:
         return out
-    for y0 in range(0, ny, max(int(block_rows), 1)):
-        s = np.sort(np.moveaxis(cube[:, y0 : y0 + block_rows, :], 0, -1), axis=-1)
+    step = max(int(block_rows), 1)
+    for y0 in range(0, ny, step):
+        s = np.sort(np.moveaxis(cube[:, y0 : y0 + step, :], 0, -1), axis=-1)
         n = k - np.count_nonzero(np.isnan(s), axis=-1)
         hi = np.take_along_axis(s, (n // 2)[..., None], axis=-1)[..., 0]
         lo = np.take_along_axis(s, np.maximum(n - 1, 0)[..., None] // 2, axis=-1)[..., 0]
         with np.errstate(invalid="ignore", over="ignore"):
             med = np.where(n % 2 == 1, hi, (lo + hi) / 2)
         med[n == 0] = np.nan
-        out[y0 : y0 + block_rows] = med
+        out[y0 : y0 + step] = med
     return out
 
 
@@ -270,10 +271,7 @@ def median_tile(
     numpy.ndarray
         ``(ny, nx)`` float32 median; NaN where no group has a valid pixel.
     """
-    masked = apply_weight_thresholds(singles, weights, thresholds)
-    if masked.shape[0] == 0:
-        return np.full(masked.shape[1:], np.nan, np.float32)
-    return nanmedian_stack(masked)
+    return nanmedian_stack(apply_weight_thresholds(singles, weights, thresholds))
 
 
 def median_full_frame(singles: np.ndarray, weights: np.ndarray, maskpt: float) -> np.ndarray:

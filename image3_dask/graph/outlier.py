@@ -54,7 +54,7 @@ from image3_dask.errors import ConfigError, InputError
 from image3_dask.graph.plan import MosaicPlan, PixmapRef, make_plan, wcs_fingerprint
 from image3_dask.graph.resample import _time_for_weight, drizzle_inputs_for_region
 from image3_dask.graph.tasks import TaskSpec, run_tasks
-from image3_dask.io.crf import save_model_atomic, update_crf_model
+from image3_dask.io.crf import open_for_crf, save_model_atomic, update_crf_model
 from image3_dask.io.exposures import ExposureInfo, read_pixels
 from image3_dask.io.mosaic_store import MosaicStore, fingerprint
 
@@ -522,12 +522,7 @@ def _flag_and_write(
     info: ExposureInfo, reference: np.ndarray, params: dict, crf_path: Path, crf_meta: dict
 ) -> dict:
     """Flag one exposure against ``reference`` (blot or median) and write its crf file."""
-    from stdatamodels.jwst import datamodels
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # no validation per assignment: saving the crf validates the whole model
-        model = datamodels.open(info.path, validate_on_assignment=False)
+    model = open_for_crf(info.path)
     try:
         a = _model_arrays(model)
         subtract = _subtract_now(info)
@@ -674,12 +669,7 @@ def _save_crf(
 
 def copy_as_crf(info: ExposureInfo, crf_path: Path, crf_meta: dict) -> dict:
     """Task: write the crf file of an exposure whose pixels are unchanged (step not done)."""
-    from stdatamodels.jwst import datamodels
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # no validation per assignment: saving the crf validates the whole model
-        model = datamodels.open(info.path, validate_on_assignment=False)
+    model = open_for_crf(info.path)
     try:
         arrays = None
         if _subtract_now(info):

@@ -22,7 +22,14 @@ import numpy as np
 
 from image3_dask.io.atomic import atomic_output
 
-__all__ = ["CRF_ARRAYS", "s_region_of", "save_model_atomic", "update_crf_model", "write_crf"]
+__all__ = [
+    "CRF_ARRAYS",
+    "open_for_crf",
+    "s_region_of",
+    "save_model_atomic",
+    "update_crf_model",
+    "write_crf",
+]
 
 #: Pixel arrays of a crf file that outlier detection may change.
 CRF_ARRAYS = ("data", "dq", "err", "var_rnoise", "var_poisson", "var_flat")
@@ -73,6 +80,19 @@ def _same_wcs(a, b, shape: tuple[int, int]) -> bool:
     except Exception:  # noqa: BLE001
         return False
     return bool(np.array_equal(wa, wb))
+
+
+def open_for_crf(path: str | os.PathLike):
+    """Open an exposure's datamodel to be turned into its crf file.
+
+    Assignments are not validated one by one: :func:`save_model_atomic` validates the whole
+    model when the crf is written, and per-assignment validation re-resolves the schemas.
+    """
+    from stdatamodels.jwst import datamodels
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return datamodels.open(path, validate_on_assignment=False)
 
 
 def update_crf_model(
@@ -183,13 +203,8 @@ def write_crf(
     Path
         ``out_path``.
     """
-    from stdatamodels.jwst import datamodels
-
     out_path = Path(out_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # no validation per assignment: saving the crf validates the whole model
-        model = datamodels.open(source, validate_on_assignment=False)
+    model = open_for_crf(source)
     try:
         update_crf_model(
             model,
