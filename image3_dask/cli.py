@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from image3_dask import __version__
@@ -14,7 +15,7 @@ from image3_dask.errors import ConfigError, Image3Error
 
 log = logging.getLogger("image3_dask")
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "STEP_OVERRIDE_COMMANDS", "main"]
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -233,9 +234,7 @@ def _split_step_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 def _security(args):
     from image3_dask.service.security import security_from_files
 
-    return security_from_files(
-        getattr(args, "tls_ca_file", None), getattr(args, "tls_cert", None), args.tls_key
-    )
+    return security_from_files(args.tls_ca_file, args.tls_cert, args.tls_key)
 
 
 def _cluster_kwargs(args) -> dict:
@@ -285,25 +284,23 @@ def _remote_client(args):
         yield client
 
 
-def cmd_run(args, overrides: list[str]) -> int:
+def cmd_run(args) -> int:
     from image3_dask.pipeline.image3 import Image3Pipeline
 
-    config = _load_config(args, overrides)
-    products = _execute(
-        Image3Pipeline(config), args.inputs, args.output_dir, args, args.product_name
-    )
+    products = _execute(Image3Pipeline(_load_config(args)), args)
     _print_products(products)
     return 0
 
 
-def _execute(pipeline, inputs, output_dir, args, product_name=None):
+def _execute(pipeline, args) -> dict:
+    """Run ``pipeline`` on the inputs of ``image3-dask run``, on the cluster its options name."""
+    inputs, output_dir = args.inputs, args.output_dir
     kwargs = dict(
-        product_name=product_name,
-        keep_work=getattr(args, "keep_work", False),
+        product_name=args.product_name,
+        keep_work=args.keep_work,
         progress=not args.quiet,
+        mosaic_page=None if args.no_mosaic_page else args.mosaic_page_port,
     )
-    if hasattr(args, "mosaic_page_port") and not args.no_mosaic_page:
-        kwargs["mosaic_page"] = args.mosaic_page_port
     cluster = _cluster_kwargs(args)
     remote = cluster["scheduler"] or cluster["scheduler_file"] or cluster["cluster"] != "local"
     if not (args.report or remote):
@@ -411,19 +408,20 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _load_config(args, overrides: list[str]):
+def _load_config(args):
+    """The step parameters of ``run``/``submit``: defaults, ``--config``, ``--steps.*``."""
     from image3_dask.pipeline.config import PipelineConfig
 
     config = PipelineConfig.from_toml(args.config) if args.config else PipelineConfig()
-    config.apply_overrides(overrides)
+    config.apply_overrides(args.step_overrides)
     return config
 
 
-def cmd_submit(args, overrides: list[str]) -> int:
+def cmd_submit(args) -> int:
     from image3_dask.service.status import format_job
     from image3_dask.service.submit import submit_job
 
-    config = _load_config(args, overrides)
+    config = _load_config(args)
     resources = {args.driver_resource: 1} if args.driver_resource else None
     with _remote_client(args) as client:
         rec = submit_job(
@@ -540,6 +538,23 @@ def cmd_certs(args) -> int:
     return 0
 
 
+#: Subcommand -> handler; a handler takes the parsed arguments and returns the exit code.
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "simulate": cmd_simulate,
+    "asn": cmd_asn,
+    "config": cmd_config,
+    "demo": cmd_demo,
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "cancel": cmd_cancel,
+    "certs": cmd_certs,
+}
+
+#: Subcommands that take ``--steps.<step>.<name>=<value>`` options (``args.step_overrides``).
+STEP_OVERRIDE_COMMANDS = frozenset({"run", "submit"})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``image3-dask`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -549,28 +564,12 @@ def main(argv: list[str] | None = None) -> int:
     argv, overrides = _split_step_overrides(argv)
     parser = _build_parser()
     args = parser.parse_args(argv)
-    if overrides and args.command not in ("run", "submit"):
+    if overrides and args.command not in STEP_OVERRIDE_COMMANDS:
         parser.error("--steps.<step>.<name>=<value> options only go with `run` and `submit`")
+    args.step_overrides = overrides
     _setup_logging(args.verbose, args.quiet)
     try:
-        if args.command == "run":
-            return cmd_run(args, overrides)
-        if args.command == "simulate":
-            return cmd_simulate(args)
-        if args.command == "asn":
-            return cmd_asn(args)
-        if args.command == "config":
-            return cmd_config(args)
-        if args.command == "demo":
-            return cmd_demo(args)
-        if args.command == "submit":
-            return cmd_submit(args, overrides)
-        if args.command == "status":
-            return cmd_status(args)
-        if args.command == "cancel":
-            return cmd_cancel(args)
-        if args.command == "certs":
-            return cmd_certs(args)
+        return COMMANDS[args.command](args)
     except Image3Error as exc:
         print(f"image3-dask: error: {exc}", file=sys.stderr)
         return 2
@@ -581,7 +580,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("image3-dask: interrupted", file=sys.stderr)
         return 130
-    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -113,3 +113,124 @@ def test_run_resample_only_end_to_end(tmp_path, small_dither):
     with datamodels.open(next(tmp_path.glob("*_i2d.fits"))) as m:
         assert m.meta.resample.pixfrac == 0.9
     assert not list(tmp_path.glob("*_work"))  # intermediates removed after success
+
+
+# --------------------------------------------------------------------------- dispatch
+def test_every_subcommand_has_a_handler():
+    from image3_dask.cli import COMMANDS, _build_parser
+
+    sub = next(a for a in _build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == set(COMMANDS)
+
+
+def test_step_overrides_only_with_run_and_submit(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["config", "--steps.resample.pixfrac=0.5"])
+    assert exc.value.code == 2
+    assert "only go with `run` and `submit`" in capsys.readouterr().err
+
+
+@pytest.fixture
+def captured_run(monkeypatch):
+    """Replace Image3Pipeline.run: record the pipeline's config and the run's arguments."""
+    from image3_dask.pipeline.image3 import Image3Pipeline
+
+    calls = []
+
+    def fake_run(self, inputs, output_dir=".", **kwargs):
+        calls.append({"config": self.config, "inputs": inputs, "output_dir": output_dir, **kwargs})
+        return {"i2d": "x_i2d.fits", "timings": {"resample": 1.0}}
+
+    monkeypatch.setattr(Image3Pipeline, "run", fake_run)
+    return calls
+
+
+def test_run_hands_its_options_to_the_pipeline(captured_run, capsys):
+    argv = [
+        "run",
+        "a.json",
+        "-o",
+        "out",
+        "--workers",
+        "2",
+        "--memory-limit",
+        "1GB",
+        "--product-name",
+        "p",
+        "--keep-work",
+        "--mosaic-page-port",
+        "8123",
+        "--steps.resample.pixfrac=0.5",
+    ]
+    assert main(argv) == 0
+    (call,) = captured_run
+    assert call["inputs"] == ["a.json"] and call["output_dir"] == "out"
+    assert call["product_name"] == "p" and call["keep_work"] is True
+    assert call["mosaic_page"] == 8123 and call["progress"] is True
+    assert call["n_workers"] == 2 and call["memory_limit"] == "1GB"
+    assert call["scheduler"] is None and call["security"] is None
+    assert call["config"]["resample"].pixfrac == 0.5
+    assert "i2d: x_i2d.fits" in capsys.readouterr().out
+
+
+def test_run_defaults_and_no_mosaic_page(captured_run):
+    assert main(["-q", "run", "a.json"]) == 0
+    assert captured_run[0]["mosaic_page"] == 0  # a free port
+    assert captured_run[0]["keep_work"] is False and captured_run[0]["progress"] is False
+    assert main(["-q", "run", "a.json", "--no-mosaic-page"]) == 0
+    assert captured_run[1]["mosaic_page"] is None
+
+
+def test_simulate_writes_an_association(tmp_path, capsys):
+    out = tmp_path / "sim"
+    argv = ["simulate", "--n", "2", "--out", str(out), "--shape", "64", "64", "--seed", "2"]
+    assert main(argv) == 0
+    asn = json.loads((out / "asn.json").read_text())
+    assert len(asn["products"][0]["members"]) == 2
+    assert "exposures:   2 in" in capsys.readouterr().out
+
+
+def test_certs_writes_the_ca_and_a_certificate(tmp_path, capsys):
+    assert main(["certs", "--out", str(tmp_path), "--host", "127.0.0.1", "--days", "2"]) == 0
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        assert (tmp_path / name).is_file()
+    assert "ca.pem" in capsys.readouterr().out
+    assert main(["certs", "--out", str(tmp_path / "x"), "--days", "0"]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_status_reads_the_job_records_of_an_output_folder(tmp_path, capsys):
+    records = tmp_path / ".image3-dask-jobs"
+    records.mkdir()
+    rec = {
+        "job": "j1",
+        "state": "done",
+        "product": "p",
+        "output_dir": str(tmp_path),
+        "steps": ["resample"],
+        "steps_done": ["resample"],
+    }
+    (records / "j1.json").write_text(json.dumps(rec))
+    assert main(["status", "--output-dir", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"j1": rec}
+    assert main(["status", "j1", "--output-dir", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == rec
+    assert main(["status", "j2", "--output-dir", str(tmp_path)]) == 2
+    assert "no record of job 'j2'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["cancel", "j1"], "`image3-dask cancel` needs the cluster"),
+        (["submit", "a.json"], "`image3-dask submit` needs the cluster"),
+        (["status", "j1"], "`image3-dask status` needs the cluster"),
+        (["status", "--wait"], "--wait needs a JOB"),
+        (["demo", "--scheduler-file", "s.json"], "runs on a local cluster"),
+        (["run", "a.json", "--workers", "0"], "--workers 0: give at least 1"),
+    ],
+)
+def test_commands_refuse_bad_options_in_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
