@@ -18,8 +18,6 @@ from image3_dask.algorithms.drizzle_tile import (
     DrizzleInput,
     build_weight,
     drizzle_tile,
-    intensity_scale,
-    jwst_pixel_flags,
     kernel_halo,
     n_ctx_planes,
 )
@@ -44,6 +42,7 @@ from image3_dask.algorithms.tiles import (
     plan_tiles,
 )
 from image3_dask.errors import InputError
+from image3_dask.io.dq_flags import jwst_pixel_flags
 
 SHAPE = (128, 128)
 GOOD_BITS = "~DO_NOT_USE+NON_SCIENCE"
@@ -394,11 +393,6 @@ def test_build_weight_equals_stcal(exposures, weight_type, good_bits):
         assert np.all(mine[e["dq"] == 1] == 0) and np.all(mine[e["dq"] == 4] > 0)
 
 
-def test_intensity_scale():
-    assert intensity_scale() == 1.0
-    assert intensity_scale(spectral=True, flux_density=True, pixel_scale_ratio=0.5) == 2.0
-
-
 # ---------------------------------------------------------------- drizzle
 
 
@@ -585,7 +579,6 @@ def test_parity_with_stcal_resample(exposures, wcss, kernel, psr, weight_type):
                 background_level=levels[i],
                 background_subtracted=i == 2,
                 in_range=input_range(SHAPE, wcss[i].bounding_box),
-                iscale=intensity_scale(),
             )
         )
     official.finalize()

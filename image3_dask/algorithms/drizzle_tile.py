@@ -6,10 +6,11 @@ this module reproduces per tile:
 - weight map ``build_driz_weight``: ``1/var_rnoise`` (ivm), measurement (or exposure) time
   (exptime) or 1, times the DQ "good" mask of ``good_bits``; see :func:`build_weight`;
 - the science array minus ``meta.background.level`` when the background was not subtracted;
-- SCI, WHT and CON: one drizzle with ``in_units="cps"``, ``iscale`` (1 for imaging),
-  ``pixel_scale_ratio`` (kernel size), ``wht_scale=1``, the input range of the WCS bounding
-  box; the context bit of an exposure is its index in the association (plane ``k // 32``,
-  bit ``k % 32``), so a tile that sees only some exposures still sets the right bits;
+- SCI, WHT and CON: one drizzle with ``in_units="cps"``, ``iscale=1`` (stcal's intensity
+  scale of imaging data), ``pixel_scale_ratio`` (kernel size), ``wht_scale=1``, the input
+  range of the WCS bounding box; the context bit of an exposure is its index in the
+  association (plane ``k // 32``, bit ``k % 32``), so a tile that sees only some exposures
+  still sets the right bits;
 - each variance ``v``: ``sqrt(v)`` drizzled alone (NaN fill, same kernel/weights), squared,
   then combined as ``sum(v_i w_i**2) / (sum w_i)**2`` where ``w_i`` is ``1 / resampled
   var_rnoise_i`` (ivm) or the measurement time (exptime), and finally divided by
@@ -17,7 +18,8 @@ this module reproduces per tile:
 - ERR: ``sqrt(nansum(variances))``, NaN where all are NaN (``compute_err="from_var"``), or
   drizzled input ERR divided by ``pixel_scale_ratio`` (``"driz_err"``).
 
-Drizzle itself is the C code of the ``drizzle`` package. A tile is drizzled onto the tile
+Drizzle itself is the ``drizzle`` package (``drizzle.resample.Drizzle``, and its C kernel
+directly where the context bits need the exposure's association index). A tile is drizzled onto the tile
 grown by :func:`kernel_halo` (clipped to the mosaic, see
 :meth:`image3_dask.algorithms.tiles.Tile.padded`) and cropped, which reproduces the
 full-frame result: every output pixel receives the same contributions in the same order.
@@ -31,6 +33,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+from drizzle.resample import Drizzle
+
+from image3_dask.io.dq_flags import jwst_pixel_flags
 
 __all__ = [
     "CTX_PLANE_BITS",
@@ -38,7 +43,6 @@ __all__ = [
     "DrizzleInput",
     "build_weight",
     "drizzle_tile",
-    "intensity_scale",
     "kernel_halo",
     "n_ctx_planes",
 ]
@@ -123,14 +127,15 @@ def build_weight(
     shape : (int, int), optional
         Array shape when both ``dq`` and ``var_rnoise`` are `None`.
     flag_name_map : mapping, optional
-        Mnemonic -> bit value; default the JWST pixel flags of ``stdatamodels``.
+        Mnemonic -> bit value; default the JWST pixel flags
+        (:func:`image3_dask.io.dq_flags.jwst_pixel_flags`).
 
     Returns
     -------
     numpy.ndarray
-        float32 weights, 0 for bad pixels.
+        float32 weights, 0 for bad pixels: stcal's ``build_driz_weight`` of the arrays.
     """
-    from astropy.nddata.bitmask import bitfield_to_boolean_mask
+    from stcal.resample.utils import build_driz_weight
 
     if shape is None:
         ref = dq if dq is not None else var_rnoise
@@ -138,72 +143,26 @@ def build_weight(
             raise ValueError("Give 'shape' when neither 'dq' nor 'var_rnoise' is given.")
         shape = ref.shape
     shape = tuple(shape)
-
-    if flag_name_map is None and isinstance(good_bits, str):
-        flag_name_map = jwst_pixel_flags()
-
-    if dq is None:
-        dqmask = np.ones(shape, dtype=np.uint8)
-    else:
-        dqmask = bitfield_to_boolean_mask(
-            dq, good_bits, good_mask_value=1, dtype=np.uint8, flag_name_map=flag_name_map
-        )
-
-    if weight_type == "ivm":
-        if var_rnoise is not None and var_rnoise.shape == shape:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                inv = 1.0 / var_rnoise
-            inv[~np.isfinite(inv)] = 0
-        else:
-            inv = np.full(shape, 1, dtype=np.float32)
-        result = inv * dqmask
-    elif weight_type == "exptime":
-        if exptime is None:
-            raise ValueError("'exptime' weighting needs 'exptime'.")
-        result = np.float32(exptime) * dqmask
-    elif weight_type is None:
-        result = dqmask
-    else:
+    if weight_type not in ("ivm", "exptime", None):
         raise ValueError(
             f"Invalid weight type: {weight_type!r}. Allowed: 'ivm', 'exptime' or None."
         )
-    return result.astype(np.float32)
-
-
-def jwst_pixel_flags() -> dict[str, int]:
-    """JWST DQ mnemonic -> bit value map (``stdatamodels`` ``dqflags.pixel``)."""
-    try:
-        from stdatamodels.jwst.datamodels.dqflags import pixel
-    except ImportError:  # pragma: no cover - stdatamodels is a dependency
-        from stdatamodels.dqflags import pixel  # type: ignore[no-redef]
-    return dict(pixel)
-
-
-def intensity_scale(
-    *, spectral: bool = False, flux_density: bool = False, pixel_scale_ratio: float | None = None
-) -> float:
-    """Intensity scale stcal applies to input data before drizzling.
-
-    For imaging it is always 1 (surface-brightness data need no rescaling). For spectral data
-    in flux-density units it is ``1 / pixel_scale_ratio``.
-
-    Parameters
-    ----------
-    spectral : bool, optional
-        Whether the WCS has a spectral axis.
-    flux_density : bool, optional
-        Whether the data are in flux-density units (e.g. MJy rather than MJy/sr).
-    pixel_scale_ratio : float, optional
-        Output over input pixel scale.
-
-    Returns
-    -------
-    float
-        The ``iscale`` factor.
-    """
-    if spectral and flux_density and pixel_scale_ratio:
-        return 1.0 / pixel_scale_ratio
-    return 1.0
+    if weight_type == "exptime" and exptime is None:
+        raise ValueError("'exptime' weighting needs 'exptime'.")
+    if flag_name_map is None and isinstance(good_bits, str):
+        flag_name_map = jwst_pixel_flags()
+    model: dict[str, object] = {
+        # stcal reads only the shape of "data"; a missing DQ array means all pixels good
+        "data": np.broadcast_to(np.float32(0), shape),
+        "dq": np.broadcast_to(np.uint32(0), shape) if dq is None else dq,
+        "measurement_time": exptime,
+        "exposure_time": exptime,
+    }
+    if var_rnoise is not None:
+        model["var_rnoise"] = var_rnoise
+    return build_driz_weight(
+        model, weight_type=weight_type, good_bits=good_bits, flag_name_map=flag_name_map
+    )
 
 
 @dataclass
@@ -230,8 +189,6 @@ class DrizzleInput:
         DQ crop (only for ``propagate_dq``).
     measurement_time : float or None
         Used for ``weight_type="exptime"`` variance weights (else ``exptime``).
-    iscale : float
-        Intensity scale (:func:`intensity_scale`).
     background_level : float or None
         ``meta.background.level``.
     background_subtracted : bool
@@ -252,77 +209,88 @@ class DrizzleInput:
     err: np.ndarray | None = None
     dq: np.ndarray | None = None
     measurement_time: float | None = None
-    iscale: float = 1.0
     background_level: float | None = None
     background_subtracted: bool = True
     in_range: tuple[int, int, int, int] | None = None
 
 
-def _fillstr(fillval: float | str | None) -> str:
-    # what drizzle.Drizzle passes to the C code when it allocates out_img itself
-    if fillval is None:
-        return "NaN"
-    if isinstance(fillval, str):
-        s = fillval.strip()
-        if s.upper() in ("", "INDEF"):
-            return "NaN"
-        float(s)
-        return s
-    return str(fillval)
+class _ContextDrizzle:
+    """SCI, WHT, CON (and DQ) of one region, each exposure setting its association-wide bit.
 
+    The attributes and ``add_image`` mirror ``drizzle.resample.Drizzle``, which numbers
+    context bits by the order of its ``add_image`` calls. A tile sees only some of the
+    exposures and each must set the bit of its index in the association: that is the one
+    place where ``cdrizzle.tdriz`` is called directly, with the arguments ``Drizzle`` passes.
+    """
 
-def _initial(fillstr: str) -> float:
-    return np.nan if fillstr.upper() in ("INDEF", "NAN") else float(fillstr)
-
-
-class _Acc:
-    """Output arrays of one drizzle (like ``drizzle.resample.Drizzle`` with explicit ctx ids)."""
-
-    def __init__(self, shape, kernel, fillval, nplanes: int | None, dq: bool = False):
-        self.fill = _fillstr(fillval)
-        self.img = np.full(shape, _initial(self.fill), dtype=np.float32)
-        self.wht = np.zeros(shape, dtype=np.float32)
-        self.ctx = None if nplanes is None else np.zeros((nplanes, *shape), dtype=np.int32)
-        self.dq = np.zeros(shape, dtype=np.uint32) if dq else None
+    def __init__(self, shape, kernel, fillval, nplanes: int):
+        # Drizzle interprets fillval and allocates SCI and WHT as it does for stcal
+        alloc = Drizzle(kernel=kernel, fillval=fillval, out_shape=shape, disable_ctx=True)
+        self.fillval = alloc.fillval
+        self.out_img = alloc.out_img
+        self.out_wht = alloc.out_wht
+        self.out_ctx = np.zeros((nplanes, *shape), dtype=np.int32)
+        self.out_dq: np.ndarray | None = None
         self.kernel = kernel
 
-    def add(self, data, inp: DrizzleInput, weight, pixfrac, pscale_ratio, xr, dq=None):
+    def add_image(self, data, *, ctx_id: int, exptime, pixmap, dq=None, weight_map, **kwargs):
         from drizzle import cdrizzle
 
-        xmin, xmax, ymin, ymax = xr
-        if self.ctx is None:
-            ctx_plane, uid = None, 1
-        else:
-            plane, bit = divmod(int(inp.ctx_id), CTX_PLANE_BITS)
-            ctx_plane, uid = self.ctx[plane], bit + 1
-        if inp.exptime <= 0.0:
+        if exptime <= 0.0:
             raise ValueError("'exptime' must be strictly positive.")
+        if kwargs.pop("in_units") != "cps":
+            raise ValueError("only in_units='cps' is supported")
+        plane, bit = divmod(int(ctx_id), CTX_PLANE_BITS)
+        if dq is not None:
+            dq = np.asarray(dq, dtype=np.uint32)
+            if self.out_dq is None:
+                self.out_dq = np.zeros(self.out_img.shape, dtype=np.uint32)
         cdrizzle.tdriz(
             input=np.asarray(data, dtype=np.float32),
-            weights=weight,
-            pixmap=inp.pixmap,
-            output=self.img,
-            counts=self.wht,
-            context=ctx_plane,
+            weights=np.asarray(weight_map, dtype=np.float32),
+            pixmap=np.asarray(pixmap, dtype=np.float64),
+            output=self.out_img,
+            counts=self.out_wht,
+            context=self.out_ctx[plane],
             input2=None,
             output2=None,
-            dq=None if dq is None else np.asarray(dq, dtype=np.uint32),
-            outdq=self.dq if dq is not None else None,
-            uniqid=uid,
-            xmin=xmin,
-            xmax=xmax,
-            ymin=ymin,
-            ymax=ymax,
-            iscale=inp.iscale,
-            pscale_ratio=pscale_ratio,
-            pixfrac=pixfrac,
+            dq=dq,
+            outdq=self.out_dq if dq is not None else None,
+            uniqid=bit + 1,
+            iscale=1.0,
+            pscale_ratio=kwargs.pop("pixel_scale_ratio"),
+            wtscale=kwargs.pop("wht_scale"),
             kernel=self.kernel,
             in_units="cps",
             expscale=1.0,
-            wtscale=1.0,
-            fillstr=self.fill,
+            fillstr=self.fillval,
             fillstr2="INDEF",
+            **kwargs,  # pixfrac, xmin, xmax, ymin, ymax
         )
+
+
+def _add_image(
+    driz: Drizzle | _ContextDrizzle, data, inp: DrizzleInput, weight, pixfrac, psr, xr, dq=None
+) -> None:
+    """Drizzle one exposure's crop with stcal's ``add_image`` arguments."""
+    xmin, xmax, ymin, ymax = xr
+    kwargs = {
+        "exptime": inp.exptime,
+        "pixmap": inp.pixmap,
+        "dq": dq,
+        "pixel_scale_ratio": psr,
+        "weight_map": weight,
+        "wht_scale": 1.0,
+        "pixfrac": pixfrac,
+        "in_units": "cps",
+        "xmin": xmin,
+        "xmax": xmax,
+        "ymin": ymin,
+        "ymax": ymax,
+    }
+    if isinstance(driz, _ContextDrizzle):
+        kwargs["ctx_id"] = inp.ctx_id
+    driz.add_image(data, **kwargs)
 
 
 def drizzle_tile(
@@ -404,8 +372,16 @@ def drizzle_tile(
     nplanes = n_ctx_planes(n_inputs) if enable_ctx else None
     psr = 1.0 if pixel_scale_ratio is None else float(pixel_scale_ratio)
 
-    main = _Acc(shape, k, fillval, nplanes, dq=propagate_dq)
-    err_acc = _Acc(shape, k, fillval, None) if compute_err == "driz_err" else None
+    main = (
+        Drizzle(kernel=k, fillval=fillval, out_shape=shape, disable_ctx=True)
+        if nplanes is None
+        else _ContextDrizzle(shape, k, fillval, nplanes)
+    )
+    err_driz = (
+        Drizzle(kernel=k, fillval=fillval, out_shape=shape, disable_ctx=True)
+        if compute_err == "driz_err"
+        else None
+    )
     var_info = {
         name: {
             "wsum": np.full(shape, np.nan, dtype=np.float32),
@@ -431,25 +407,19 @@ def drizzle_tile(
                 if inp.weight is None
                 else np.asarray(inp.weight, dtype=np.float32)
             )
-            main.add(
-                data,
-                inp,
-                weight,
-                pixfrac,
-                psr,
-                xr,
-                dq=inp.dq if propagate_dq else None,
-            )
-            if err_acc is not None and inp.err is not None:
-                err_acc.add(inp.err, inp, weight, pixfrac, psr, xr)
+            dq = inp.dq if propagate_dq else None
+            _add_image(main, data, inp, weight, pixfrac, psr, xr, dq=dq)
+            if err_driz is not None and inp.err is not None:
+                _add_image(err_driz, inp.err, inp, weight, pixfrac, psr, xr)
             if enable_var:
                 _add_variances(var_info, inp, weight, pixfrac, psr, xr, k, shape, weight_type)
 
-    out: dict[str, np.ndarray] = {"sci": main.img, "wht": main.wht}
-    if main.ctx is not None:
-        out["con"] = main.ctx
-    if main.dq is not None:
-        out["dq"] = main.dq
+    out: dict[str, np.ndarray] = {"sci": main.out_img, "wht": main.out_wht}
+    if nplanes is not None:
+        out["con"] = main.out_ctx
+    if propagate_dq:
+        # the DQ array is allocated with the first input that has one
+        out["dq"] = main.out_dq if main.out_dq is not None else np.zeros(shape, np.uint32)
 
     if enable_var:
         scaling = 1.0 if pixel_scale_ratio is None else 1.0 / pixel_scale_ratio**2
@@ -461,8 +431,8 @@ def drizzle_tile(
                 out[name] = (info["wsum"] * scaling / info["wt"] / info["wt"]).astype(np.float32)
 
     if compute_err == "driz_err":
-        assert err_acc is not None
-        out["err"] = err_acc.img / (1.0 if pixel_scale_ratio is None else pixel_scale_ratio)
+        assert err_driz is not None
+        out["err"] = err_driz.out_img / (1.0 if pixel_scale_ratio is None else pixel_scale_ratio)
     elif compute_err == "from_var":
         comps = [out[name] for name in VARIANCE_NAMES]
         with warnings.catch_warnings():
@@ -519,9 +489,10 @@ def _add_variances(var_info, inp, weight, pixfrac, psr, xr, kernel, shape, weigh
         v = getattr(inp, name)
         if v is None or v.size == 0 or v.shape != inp.sci.shape:
             continue
-        acc = _Acc(bshape, kernel, np.nan, None)
-        acc.add(np.sqrt(v), inp, weight, pixfrac, psr, xr)
-        resampled[name] = acc.img**2
+        # as stcal's _resample_one_variance_array: sqrt(variance) drizzled alone, squared
+        driz = Drizzle(kernel=kernel, fillval=np.nan, out_shape=bshape, disable_ctx=True)
+        _add_image(driz, np.sqrt(v), inp, weight, pixfrac, psr, xr)
+        resampled[name] = driz.out_img**2
 
     if weight_type is not None and weight_type.startswith("ivm"):
         rn = resampled.get("var_rnoise")

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from stcal.outlier_detection.utils import flag_crs, flag_resampled_crs
-from stdatamodels.jwst.datamodels import dqflags
+
+from image3_dask.io.dq_flags import pixel_flag
 
 __all__ = [
     "DO_NOT_USE",
@@ -32,8 +33,10 @@ __all__ = [
     "parse_pair",
 ]
 
-DO_NOT_USE = np.uint32(dqflags.pixel["DO_NOT_USE"])
-OUTLIER = np.uint32(dqflags.pixel["OUTLIER"])
+DO_NOT_USE = np.uint32(pixel_flag("DO_NOT_USE"))
+"""JWST ``DO_NOT_USE`` DQ bit."""
+OUTLIER = np.uint32(pixel_flag("OUTLIER"))
+"""JWST ``OUTLIER`` DQ bit."""
 
 
 def parse_pair(value: str | Sequence[float]) -> tuple[float, float]:

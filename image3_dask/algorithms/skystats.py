@@ -7,34 +7,23 @@ sigma), applied to the "good" pixels selected with the official ``dqbits`` seman
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
-from astropy.nddata.bitmask import bitfield_to_boolean_mask, interpret_bit_flags
 
-__all__ = ["SKYSTATS", "JWST_DQ_FLAGS", "good_pixel_mask", "sky_statistic"]
+from image3_dask.io.dq_flags import jwst_pixel_flags
+
+__all__ = ["SKYSTATS", "good_pixel_mask", "sky_statistic"]
 
 SKYSTATS = ("mean", "median", "mode", "midpt")
 """Supported ``skystat`` values."""
-
-
-def _dq_flag_map() -> dict[str, int]:
-    try:
-        from stdatamodels.jwst.datamodels.dqflags import pixel
-
-        return dict(pixel)
-    except ImportError:  # pragma: no cover - stdatamodels is a dependency
-        return {"DO_NOT_USE": 1, "NON_SCIENCE": 512}
-
-
-JWST_DQ_FLAGS: dict[str, int] = _dq_flag_map()
-"""JWST pixel DQ flag names and values (used to interpret ``dqbits``)."""
 
 
 def good_pixel_mask(
     data: np.ndarray,
     dq: np.ndarray | None = None,
     dqbits: str | int | None = "~DO_NOT_USE+NON_SCIENCE",
+    flag_name_map: Mapping[str, int] | None = None,
 ) -> np.ndarray:
     """Pixels usable for sky statistics, as the official ``skymatch`` step selects them.
 
@@ -48,17 +37,23 @@ def good_pixel_mask(
         Bit flags (names or values, ``~`` to invert) considered "good", with
         ``astropy.nddata.bitmask`` semantics; the official default
         ``'~DO_NOT_USE+NON_SCIENCE'`` rejects pixels with either flag set.
+    flag_name_map : mapping, optional
+        Flag mnemonic -> bit value; default the JWST pixel flags
+        (:func:`image3_dask.io.dq_flags.jwst_pixel_flags`).
 
     Returns
     -------
     numpy.ndarray
         Boolean array, `True` for good pixels.
     """
+    from stcal.resample.utils import build_mask
+
     finite = np.isfinite(data)
-    bits = interpret_bit_flags(dqbits, flag_name_map=JWST_DQ_FLAGS)
-    if dq is None or bits is None:
+    if dq is None or dqbits is None:
         return finite
-    return bitfield_to_boolean_mask(dq, bits, good_mask_value=True, dtype=bool) & finite
+    if flag_name_map is None:
+        flag_name_map = jwst_pixel_flags()
+    return build_mask(dq, dqbits, flag_name_map=flag_name_map).astype(bool) & finite
 
 
 def sky_statistic(
@@ -131,21 +126,3 @@ def sky_statistic(
     if sky is None or not np.isfinite(sky):
         return None, 0
     return float(sky), int(npix)
-
-
-def stat_kwargs(**kwargs: Any) -> dict[str, Any]:
-    """Keep only the keyword arguments accepted by `sky_statistic`.
-
-    Parameters
-    ----------
-    **kwargs
-        Any step parameters.
-
-    Returns
-    -------
-    dict
-        The ``skystat``, ``lower``, ``upper``, ``nclip``, ``lsigma``, ``usigma`` and
-        ``binwidth`` items.
-    """
-    keys = ("skystat", "lower", "upper", "nclip", "lsigma", "usigma", "binwidth")
-    return {k: v for k, v in kwargs.items() if k in keys}
