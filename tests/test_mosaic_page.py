@@ -179,6 +179,24 @@ def _get(url: str) -> tuple[int, bytes, str]:
         return exc.code, b"", ""
 
 
+def _packaged_page() -> bytes:
+    import importlib.resources
+
+    return importlib.resources.files("image3_dask.service").joinpath("mosaic_page.html").read_bytes()
+
+
+def test_page_is_package_data():
+    """The page is a file of the package, declared so that a wheel (non-editable) ships it."""
+    import tomllib
+
+    page = _packaged_page().decode()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert 'fetch("state.json"' in page
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    package_data = pyproject["tool"]["setuptools"]["package-data"]
+    assert "mosaic_page.html" in package_data["image3_dask.service"]
+
+
 def test_page_http(tiny_plan):
     plan, exposures = tiny_plan
     mon = MosaicMonitor("tok")
@@ -190,6 +208,7 @@ def test_page_http(tiny_plan):
         assert page.url.startswith("http://127.0.0.1:")
         code, body, ctype = _get(page.url)
         assert code == 200 and ctype.startswith("text/html") and b"state.json" in body
+        assert body == _packaged_page()
         code, body, ctype = _get(page.url + "state.json")
         assert code == 200 and ctype == "application/json"
         s = json.loads(body)

@@ -19,10 +19,15 @@ Where the states come from:
 - the tiles and the output grid come from :func:`image3_dask.graph.plan.make_plan`, which hands
   each plan to ``ctx.monitor`` (and the tiles of the tiled source catalog likewise); the
   footprints are the exposures' edges mapped through their WCS and the grid's WCS.
+
+The page itself (HTML, CSS and JavaScript) is the package data file ``mosaic_page.html`` beside
+this module, read with :mod:`importlib.resources`.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import json
 import logging
 import threading
@@ -354,13 +359,19 @@ class MosaicMonitor:
             }
 
 
+@functools.cache
+def _page_html() -> bytes:
+    """The page's HTML (the package data file ``mosaic_page.html``), UTF-8 encoded."""
+    return importlib.resources.files(__package__).joinpath("mosaic_page.html").read_bytes()
+
+
 class _Handler(BaseHTTPRequestHandler):
     page: MosaicPage  # set on the subclass made per server
 
     def do_GET(self):  # noqa: N802 - http.server's name
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
-            body, ctype = _HTML.encode(), "text/html; charset=utf-8"
+            body, ctype = _page_html(), "text/html; charset=utf-8"
         elif path == "/state.json":
             body, ctype = json.dumps(self.page.state()).encode(), "application/json"
         else:
@@ -509,142 +520,3 @@ def start_mosaic_page(client, token: str, port: int = 0, host: str = "127.0.0.1"
     page = MosaicPage(monitor, client, host=host, port=port).start()
     page.unwatch = watch_tasks(token, monitor.task_event)
     return page
-
-
-_HTML = r"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>image3-dask mosaic</title>
-<style>
- body { font: 14px system-ui, sans-serif; margin: 0; background: #1d1f21; color: #ddd; }
- header { padding: 8px 14px; display: flex; gap: 18px; align-items: center; flex-wrap: wrap; }
- h1 { font-size: 16px; margin: 0; }
- #status.done { color: #6c6; } #status.failed { color: #f66; }
- #layouts button { background: #333; color: #ddd; border: 1px solid #555; padding: 3px 9px;
-   margin-right: 4px; border-radius: 3px; cursor: pointer; }
- #layouts button.on { background: #4a6fa5; border-color: #8ab; color: #fff; }
- main { display: flex; gap: 14px; padding: 0 14px 14px; }
- #view { flex: 1; min-width: 0; }
- svg { width: 100%; height: calc(100vh - 70px); background: #111; display: block; }
- rect.tile { stroke: #000; vector-effect: non-scaling-stroke; stroke-width: 1; }
- polygon.footprint { fill-opacity: 0.06; stroke-width: 2; vector-effect: non-scaling-stroke; }
- aside { flex: 0 0 330px; font-size: 12px; overflow: hidden; }
- td:first-child { white-space: nowrap; }
- table { border-collapse: collapse; width: 100%; }
- td, th { padding: 2px 4px; text-align: right; } td:first-child, th:first-child { text-align: left; }
- .sw { display: inline-block; width: 11px; height: 11px; margin: 0 4px 0 10px; vertical-align: -1px; }
- #legend { margin: 6px 0 12px; }
-</style></head>
-<body>
-<header><h1>image3-dask mosaic</h1><span id="status">connecting...</span>
- <span id="layouts"></span><span id="current"></span></header>
-<main><div id="view"><svg id="mosaic" xmlns="http://www.w3.org/2000/svg"></svg></div>
-<aside><div id="legend"></div><table id="actions"></table><p id="message"></p></aside></main>
-<script>
-"use strict";
-// running: on a worker (executing, or the next in its queue: the scheduler's "processing")
-const COLORS = {idle: "#3a3d41", waiting: "#7d8590", running: "#e8a33c", done: "#3fa45b",
-                failed: "#d9453d", cancelled: "#6b4f7a"};
-const FOOT = {idle: "#9ecbff", waiting: "#9ecbff", running: "#ffd24d", done: "#7fd6ff",
-              failed: "#ff6b6b", cancelled: "#c9a0dc"};
-const SVGNS = "http://www.w3.org/2000/svg";
-let chosen = null, drawn = null, failures = 0;
-const svg = document.getElementById("mosaic");
-document.getElementById("legend").innerHTML = Object.entries(COLORS).map(
-  ([s, c]) => `<span class="sw" style="background:${c}"></span>${s}`).join("");
-
-function el(name, attrs, parent) {
-  const e = document.createElementNS(SVGNS, name);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-  if (parent) parent.appendChild(e);
-  return e;
-}
-
-function build(lay) {
-  const [ny, nx] = lay.grid, pad = Math.max(nx, ny) * 0.03;
-  svg.replaceChildren();
-  svg.setAttribute("viewBox", `${-pad} ${-pad} ${nx + 2 * pad} ${ny + 2 * pad}`);
-  // y grows upwards, as the mosaic is shown by astronomers (origin lower left)
-  const g = el("g", {transform: `translate(0 ${ny}) scale(1 -1)`, id: "grid"}, svg);
-  for (const t of lay.tiles) {
-    const r = el("rect", {class: "tile", "data-name": t.name, x: t.x0, y: t.y0,
-                          width: t.x1 - t.x0, height: t.y1 - t.y0}, g);
-    el("title", {}, r);
-  }
-  for (const f of lay.footprints) {
-    if (!f.points.length) continue;
-    const p = el("polygon", {class: "footprint", "data-name": f.name,
-      points: f.points.map(([x, y]) => `${x},${y}`).join(" ")}, g);
-    el("title", {}, p);
-  }
-  drawn = lay.id + ":" + lay.tiles.length + ":" + lay.grid.join("x");
-}
-
-function paint(lay) {
-  const tiles = new Map(lay.tiles.map(t => [t.name, t]));
-  for (const r of svg.querySelectorAll("rect.tile")) {
-    const t = tiles.get(r.dataset.name);
-    r.setAttribute("data-state", t.state);
-    r.setAttribute("fill", COLORS[t.state]);
-    r.firstChild.textContent = `${t.name} [${t.y0}:${t.y1}, ${t.x0}:${t.x1}] ` +
-      (t.action ? `${t.action}: ${t.state}` : "no task yet");
-  }
-  const fps = new Map(lay.footprints.map(f => [f.name, f]));
-  for (const p of svg.querySelectorAll("polygon.footprint")) {
-    const f = fps.get(p.dataset.name);
-    p.setAttribute("data-state", f.state);
-    p.setAttribute("stroke", FOOT[f.state]);
-    p.setAttribute("fill", FOOT[f.state]);
-    p.firstChild.textContent = f.name + (f.action ? ` (${f.action}: ${f.state})` : "");
-  }
-}
-
-function render(s) {
-  const st = document.getElementById("status");
-  st.textContent = (s.status === "running" ? "running" : "run " + s.status) + `, ${s.elapsed} s`;
-  st.className = s.status;
-  document.getElementById("message").textContent = s.message || "";
-  const ids = s.layouts.map(l => l.id);
-  const want = chosen && ids.includes(chosen) ? chosen : s.current;
-  document.getElementById("layouts").innerHTML = s.layouts.map(l =>
-    `<button data-id="${l.id}" class="${l.id === want ? "on" : ""}">${l.id}</button>`).join("");
-  for (const b of document.querySelectorAll("#layouts button"))
-    b.onclick = () => { chosen = b.dataset.id === s.current ? null : b.dataset.id; render(s); };
-  // one row per kind of task; the cancelled column only when there are some
-  const counts = Object.values(s.actions);
-  const cols = s.states.slice(1).filter(k => k !== "cancelled" || counts.some(c => c[k]));
-  const rows = Object.entries(s.actions).map(([a, c]) =>
-    `<tr><td>${a}</td>` + cols.map(k => `<td>${c[k] || ""}</td>`).join("") + "</tr>");
-  document.getElementById("actions").innerHTML =
-    "<tr><th>task</th>" + cols.map(k => `<th>${k}</th>`).join("") + "</tr>" + rows.join("");
-  const lay = s.layouts.find(l => l.id === want);
-  if (!lay) {
-    document.getElementById("current").textContent = "waiting for the output grid...";
-    return;
-  }
-  const n = lay.tiles.filter(t => t.state === "done").length;
-  document.getElementById("current").textContent =
-    `${lay.grid[1]} x ${lay.grid[0]} px, ${lay.tiles.length} tiles, ${n} done`;
-  const key = lay.id + ":" + lay.tiles.length + ":" + lay.grid.join("x");
-  if (key !== drawn) build(lay);
-  paint(lay);
-}
-
-async function tick() {
-  try {
-    const r = await fetch("state.json", {cache: "no-store"});
-    if (!r.ok) throw new Error(r.status);
-    const s = await r.json();
-    failures = 0;
-    render(s);
-    document.body.dataset.status = s.status;
-  } catch (e) {
-    if (++failures > 1) {
-      document.getElementById("status").textContent =
-        "disconnected: the run has ended or its client stopped (last picture kept)";
-    }
-  }
-  setTimeout(tick, 1000);
-}
-tick();
-</script></body></html>
-"""
