@@ -2,8 +2,8 @@
 
 The client reads only metadata and the gwcs of each exposure (:func:`read_exposure_info`) to plan
 the run. Workers read the pixel arrays they need themselves, from the file path, with
-:func:`read_pixels` (memory-mapped FITS, optionally a region only): pixels never travel through
-the scheduler.
+:func:`read_pixels` (FITS sections read without a memory map, optionally a region only): pixels
+never travel through the scheduler.
 """
 
 from __future__ import annotations
