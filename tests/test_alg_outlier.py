@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import median_full_frame, median_of_exposures
 from stcal.outlier_detection.median import nanmedian3D
 from stcal.outlier_detection.utils import (
     compute_weight_threshold,
@@ -30,8 +31,6 @@ from image3_dask.algorithms.outlier import (
     combine_weight_stats,
     flag_outliers,
     match_nans_and_flags,
-    median_full_frame,
-    median_of_exposures,
     median_tile,
     nanmedian_stack,
     weight_stats,

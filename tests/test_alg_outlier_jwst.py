@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import median_of_exposures
 from test_alg_outlier_sim import make_scene, tiles
 
 from image3_dask.algorithms.outlier import (
@@ -17,7 +18,6 @@ from image3_dask.algorithms.outlier import (
     blot_region_bounds,
     combine_weight_stats,
     flag_outliers,
-    median_of_exposures,
     median_tile,
     weight_stats,
     weight_threshold,

@@ -45,10 +45,7 @@ from stcal.outlier_detection.utils import compute_weight_threshold
 
 __all__ = [
     "WeightStats",
-    "apply_weight_thresholds",
     "combine_weight_stats",
-    "median_full_frame",
-    "median_of_exposures",
     "median_tile",
     "nanmedian_stack",
     "weight_stats",
@@ -173,40 +170,6 @@ def weight_threshold(stats: WeightStats, maskpt: float) -> float:
     return float(compute_weight_threshold(expanded, maskpt))
 
 
-def apply_weight_thresholds(
-    singles: np.ndarray, weights: np.ndarray, thresholds: Sequence[float] | np.ndarray
-) -> np.ndarray:
-    """Set to NaN the pixels of each single whose weight is below its group threshold.
-
-    Parameters
-    ----------
-    singles : numpy.ndarray
-        ``(ngroups, ny, nx)`` single-drizzled science tiles.
-    weights : numpy.ndarray
-        ``(ngroups, ny, nx)`` matching drizzle weights.
-    thresholds : sequence of float
-        One threshold per group (from :func:`weight_threshold`).
-
-    Returns
-    -------
-    numpy.ndarray
-        A masked copy of ``singles`` (float32), NaN where ``weight < threshold``.
-    """
-    singles = np.asarray(singles)
-    weights = np.asarray(weights)
-    thr = np.asarray(thresholds, dtype=np.float64)
-    if singles.ndim != 3 or singles.shape != weights.shape:
-        raise ValueError("singles and weights must both have shape (ngroups, ny, nx)")
-    if thr.shape != (singles.shape[0],):
-        raise ValueError("need one threshold per group")
-    out = singles.astype(np.float32, copy=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mask = weights < thr[:, None, None]
-    out[mask] = np.nan
-    return out
-
-
 def nanmedian_stack(cube: np.ndarray, block_rows: int = 64) -> np.ndarray:
     """NaN-ignoring median along the first axis of a stack, equal to ``np.nanmedian``.
 
@@ -271,60 +234,15 @@ def median_tile(
     numpy.ndarray
         ``(ny, nx)`` float32 median; NaN where no group has a valid pixel.
     """
-    return nanmedian_stack(apply_weight_thresholds(singles, weights, thresholds))
-
-
-def median_full_frame(singles: np.ndarray, weights: np.ndarray, maskpt: float) -> np.ndarray:
-    """Median of whole single images (reference, non-tiled version).
-
-    Parameters
-    ----------
-    singles : numpy.ndarray
-        ``(ngroups, ny, nx)`` single-drizzled science images over the full grid.
-    weights : numpy.ndarray
-        ``(ngroups, ny, nx)`` matching drizzle weights.
-    maskpt : float
-        Step parameter ``maskpt``.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(ny, nx)`` float32 median, as :func:`median_tile` over one tile
-        covering the whole grid.
-    """
-    thresholds = [weight_threshold(weight_stats(w), maskpt) for w in weights]
-    return median_tile(singles, weights, thresholds)
-
-
-def median_of_exposures(
-    sci: np.ndarray, weights: np.ndarray, maskpt: float, thresholds: Sequence[float] | None = None
-) -> np.ndarray:
-    """Median of aligned exposures (``resample_data=False``).
-
-    Reproduces ``jwst.outlier_detection.utils.median_without_resampling``: each
-    exposure's weight (``stcal.resample.utils.build_driz_weight`` of the
-    exposure, e.g. inverse read-noise variance times the good-DQ mask) is
-    thresholded with ``compute_weight_threshold`` over the whole exposure.
-
-    Parameters
-    ----------
-    sci : numpy.ndarray
-        ``(nexp, ny, nx)`` science arrays (a tile of them when ``thresholds``
-        is given).
-    weights : numpy.ndarray
-        ``(nexp, ny, nx)`` per-exposure weights.
-    maskpt : float
-        Step parameter ``maskpt``; used only when ``thresholds`` is None.
-    thresholds : sequence of float, optional
-        Precomputed per-exposure thresholds (from :func:`weight_stats` /
-        :func:`combine_weight_stats` / :func:`weight_threshold` over whole
-        exposures). Required when ``sci`` is only a tile of the exposures.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(ny, nx)`` float32 median.
-    """
-    if thresholds is None:
-        thresholds = [weight_threshold(weight_stats(w), maskpt) for w in weights]
-    return median_tile(sci, weights, thresholds)
+    singles = np.asarray(singles)
+    weights = np.asarray(weights)
+    thr = np.asarray(thresholds, dtype=np.float64)
+    if singles.ndim != 3 or singles.shape != weights.shape:
+        raise ValueError("singles and weights must both have shape (ngroups, ny, nx)")
+    if thr.shape != (singles.shape[0],):
+        raise ValueError("need one threshold per group")
+    masked = singles.astype(np.float32, copy=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        masked[weights < thr[:, None, None]] = np.nan
+    return nanmedian_stack(masked)

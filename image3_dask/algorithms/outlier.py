@@ -11,9 +11,10 @@ Flow in the tiled design (``resample_data=True``):
    :func:`blot_median` with the exposure's drizzle pixel map, then
    :func:`flag_outliers`.
 
-For ``resample_data=False`` replace 1-3 by :func:`median_of_exposures` on the
-aligned exposures (thresholds over each whole exposure) and call
-:func:`flag_outliers` with ``resample_data=False`` and the median itself.
+For ``resample_data=False`` replace 1-3 by :func:`median_tile` of the aligned
+exposures themselves (each exposure's threshold from the :func:`weight_stats` of its
+whole weight map) and call :func:`flag_outliers` with ``resample_data=False`` and the
+median itself.
 
 The implementations live in :mod:`.median`, :mod:`.blot` and
 :mod:`.outlier_flags`; this module re-exports them.
@@ -24,10 +25,7 @@ from __future__ import annotations
 from image3_dask.algorithms.blot import blot_median, blot_region_bounds
 from image3_dask.algorithms.median import (
     WeightStats,
-    apply_weight_thresholds,
     combine_weight_stats,
-    median_full_frame,
-    median_of_exposures,
     median_tile,
     nanmedian_stack,
     weight_stats,
@@ -45,14 +43,11 @@ __all__ = [
     "DO_NOT_USE",
     "OUTLIER",
     "WeightStats",
-    "apply_weight_thresholds",
     "blot_median",
     "blot_region_bounds",
     "combine_weight_stats",
     "flag_outliers",
     "match_nans_and_flags",
-    "median_full_frame",
-    "median_of_exposures",
     "median_tile",
     "nanmedian_stack",
     "parse_pair",

@@ -14,7 +14,6 @@ __all__ = [
     "footprint_bbox",
     "overlapping",
     "plan_tiles",
-    "tile_memory_bytes",
 ]
 
 
@@ -132,41 +131,6 @@ def plan_tiles(shape: Sequence[int], tile_shape: Sequence[int]) -> list[Tile]:
 _OUT_BYTES = 6 * 4 + 6 * 4 + 2 * 4 + 8
 # bytes per input pixel in a crop: SCI, 3 VAR, weight (float32), DQ (uint32), pixmap (2 f64)
 _IN_BYTES = 5 * 4 + 4 + 16
-
-
-def tile_memory_bytes(
-    tile_shape: Sequence[int],
-    n_overlapping: int,
-    *,
-    halo: int = 4,
-    pixel_scale_ratio: float = 1.0,
-    n_ctx_planes: int = 1,
-) -> int:
-    """Estimated peak memory of one resample-tile task.
-
-    Parameters
-    ----------
-    tile_shape : (int, int)
-        ``(ty, tx)``.
-    n_overlapping : int
-        Number of exposures overlapping the tile.
-    halo : int, optional
-        Padding of the drizzled region in output pixels.
-    pixel_scale_ratio : float, optional
-        Output over input pixel scale (input crops hold ``1/ratio**2`` pixels per output pixel).
-    n_ctx_planes : int, optional
-        Number of 32-bit context planes.
-
-    Returns
-    -------
-    int
-        Bytes.
-    """
-    py = int(tile_shape[0]) + 2 * halo
-    px = int(tile_shape[1]) + 2 * halo
-    out = py * px * (_OUT_BYTES + 4 * n_ctx_planes)
-    inp = n_overlapping * py * px * _IN_BYTES / max(pixel_scale_ratio, 1e-3) ** 2
-    return int(out + inp)
 
 
 def auto_tile_shape(
