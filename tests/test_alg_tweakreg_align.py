@@ -1,4 +1,4 @@
-"""Tests of image3_dask.algorithms.align / global_align on small synthetic JWST-like WCSs."""
+"""Tests of image3_dask.algorithms.align / global_solve on small synthetic JWST-like WCSs."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from image3_dask.algorithms.align import (
     parse_refcat,
     relative_align,
 )
-from image3_dask.algorithms.global_align import PairMatch, solve_global
+from image3_dask.algorithms.global_solve import PairMatch, solve_global
 from image3_dask.algorithms.tweakreg_catalog import make_tweakreg_catalog
 
 SHAPE = (200, 200)

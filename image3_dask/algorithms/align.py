@@ -7,7 +7,7 @@ detector positions, gwcs objects and ``wcsinfo`` dictionaries):
   reference group with ``tweakwcs.align_wcs`` (through ``stcal.tweakreg.relative_align``),
   with the official parameters.
 * `global_align` -- all groups are solved together from every overlapping pair (see
-  :mod:`image3_dask.algorithms.global_align`); for mosaics whose tiles do not all overlap.
+  :mod:`image3_dask.algorithms.global_solve`); for mosaics whose tiles do not all overlap.
 * `absolute_align` -- alignment of all exposures, as one group, to a user reference
   catalog (an astropy Table with RA/Dec), with the official ``abs_*`` parameters.
 
@@ -21,7 +21,6 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,14 @@ from tweakwcs.correctors import JWSTWCSCorrector
 from tweakwcs.imalign import align_wcs
 from tweakwcs.matchutils import XYXYMatch
 
-from .tweakreg_catalog import filter_catalog_by_bounding_box
+from .align_common import (
+    AlignResult,
+    exposure_names,
+    make_corrector,
+    unchanged_result,
+    wcs_bounding_box,
+)
+from .global_solve import global_align
 
 __all__ = [
     "wcs_bounding_box",
@@ -51,108 +57,6 @@ log = logging.getLogger(__name__)
 _SQRT2 = math.sqrt(2.0)
 ABS_GROUP_ID = 987654
 """Group id given to every exposure during absolute alignment (as in stcal)."""
-
-
-@dataclass
-class AlignResult:
-    """Result of an alignment.
-
-    Attributes
-    ----------
-    wcs : list of gwcs.WCS
-        Per exposure (input order): the corrected WCS, or the input WCS (same object)
-        when that exposure was not corrected.
-    fit_info : list of dict
-        Per exposure: ``status`` (``'SUCCESS'``, ``'REFERENCE'`` or ``'FAILED: ...'``),
-        ``group_id`` and, when fitted, ``shift`` (arcsec, in the fit tangent plane),
-        ``rotation`` (deg), ``scale``, ``matrix``, ``rmse`` (arcsec), ``mae`` (arcsec),
-        ``nmatches`` and ``fitgeom``.
-    success : bool
-        `False` when the whole alignment was skipped (the official step's
-        ``TweakregError`` cases); all WCSs are then unchanged.
-    mode : str
-        ``'relative'``, ``'global'`` or ``'absolute'``.
-    message : str
-        Reason for skipping, if any.
-    """
-
-    wcs: list[Any]
-    fit_info: list[dict]
-    success: bool = True
-    mode: str = "relative"
-    message: str = ""
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def updated(self) -> list[bool]:
-        """Per exposure, whether the WCS was replaced by a corrected one."""
-        return [fi.get("status") == "SUCCESS" for fi in self.fit_info]
-
-
-def make_corrector(
-    wcs: Any,
-    wcsinfo: Mapping[str, float],
-    catalog: Table | None = None,
-    group_id: Hashable = None,
-    name: str | None = None,
-) -> JWSTWCSCorrector:
-    """Build a ``tweakwcs`` JWST corrector for one exposure.
-
-    Parameters
-    ----------
-    wcs : gwcs.WCS
-        JWST-like gwcs with a ``v2v3`` frame.
-    wcsinfo : mapping
-        Must hold ``v2_ref``, ``v3_ref`` (arcsec) and ``roll_ref`` (deg).
-    catalog : astropy.table.Table or None, optional
-        Source catalog with ``x``, ``y``; sources outside the WCS bounding box are dropped.
-    group_id : hashable, optional
-        Exposure group identifier.
-    name : str or None, optional
-        Name used in ``tweakwcs`` log messages.
-
-    Returns
-    -------
-    tweakwcs.correctors.JWSTWCSCorrector
-        The corrector (a deep copy of ``wcs`` is corrected, ``wcs`` is left untouched).
-    """
-    meta: dict[str, Any] = {"group_id": group_id, "name": name}
-    if catalog is not None:
-        catalog = _rename_xy(Table(catalog, copy=True))
-        catalog = filter_catalog_by_bounding_box(
-            catalog, getattr(wcs, "bounding_box", None) and wcs_bounding_box(wcs)
-        )
-        if name is not None:
-            catalog.meta["name"] = name
-        meta["catalog"] = catalog
-    return JWSTWCSCorrector(
-        wcs=wcs,
-        wcsinfo={k: float(wcsinfo[k]) for k in ("v2_ref", "v3_ref", "roll_ref")},
-        meta=meta,
-    )
-
-
-def wcs_bounding_box(wcs: Any) -> tuple[tuple[float, float], tuple[float, float]] | None:
-    """Bounding box of a gwcs as ``((xmin, xmax), (ymin, ymax))`` or `None`."""
-    bb = getattr(wcs, "bounding_box", None)
-    if bb is None:
-        return None
-    try:
-        return tuple(tuple(float(v) for v in b) for b in bb.bounding_box(order="F"))
-    except AttributeError:
-        return tuple(tuple(float(v) for v in b) for b in bb)
-
-
-def _rename_xy(catalog: Table) -> Table:
-    for axis in ("x", "y"):
-        if axis not in catalog.colnames:
-            for long_name in (axis + "centroid", axis + "_centroid"):
-                if long_name in catalog.colnames:
-                    catalog.rename_column(long_name, axis)
-                    break
-            else:
-                raise ValueError(f"source catalogs must contain a {axis!r} column")
-    return catalog
 
 
 def _fit_summary(fi: Mapping[str, Any] | None, group_id: Hashable) -> dict:
@@ -215,23 +119,6 @@ def _collect(
     return AlignResult(wcs=out_wcs, fit_info=infos, success=True, mode=mode)
 
 
-def _unchanged(
-    wcses: Sequence[Any], group_ids: Sequence[Hashable], mode: str, msg: str
-) -> AlignResult:
-    log.warning(msg)
-    return AlignResult(
-        wcs=list(wcses),
-        fit_info=[{"status": f"FAILED: {msg}", "group_id": g} for g in group_ids],
-        success=False,
-        mode=mode,
-        message=msg,
-    )
-
-
-def _names(n: int, names: Sequence[str] | None) -> list[str]:
-    return [f"exposure{i}" for i in range(n)] if names is None else [str(s) for s in names]
-
-
 def relative_align(
     catalogs: Sequence[Table],
     wcses: Sequence[Any],
@@ -286,9 +173,9 @@ def relative_align(
     """
     from stcal.tweakreg import tweakreg as twk
 
-    names = _names(len(wcses), names)
+    names = exposure_names(len(wcses), names)
     if len(set(group_ids)) < 2:
-        return _unchanged(
+        return unchanged_result(
             wcses,
             group_ids,
             "relative",
@@ -316,7 +203,7 @@ def relative_align(
             clip_accum=clip_accum,
         )
     except twk.TweakregError as e:
-        return _unchanged(wcses, group_ids, "relative", str(e))
+        return unchanged_result(wcses, group_ids, "relative", str(e))
     return _collect(correctors, wcses, group_ids, "relative")
 
 
@@ -428,11 +315,11 @@ def absolute_align(
             "Parameter 'abs_separation' must be larger than 'abs_tolerance' by at least a "
             "factor of sqrt(2) to avoid source confusion."
         )
-    names = _names(len(wcses), names)
+    names = exposure_names(len(wcses), names)
     gids = list(group_ids) if group_ids is not None else [ABS_GROUP_ID] * len(wcses)
     ref = parse_refcat(refcat)
     if len(ref) < abs_minobj:
-        return _unchanged(
+        return unchanged_result(
             wcses,
             gids,
             "absolute",
@@ -465,9 +352,9 @@ def absolute_align(
             clip_accum=clip_accum,
         )
     except ValueError as e:  # includes tweakwcs NotEnoughCatalogs
-        return _unchanged(wcses, gids, "absolute", str(e.args[0]))
+        return unchanged_result(wcses, gids, "absolute", str(e.args[0]))
     except RuntimeError as e:
-        return _unchanged(wcses, gids, "absolute", str(e.args[0]))
+        return unchanged_result(wcses, gids, "absolute", str(e.args[0]))
     return _collect(correctors, wcses, gids, "absolute")
 
 
@@ -540,21 +427,3 @@ def choose_mode(footprints: Sequence[Any]) -> str:
     if n < 3:
         return "relative"
     return "relative" if len(group_overlaps(footprints)) == n * (n - 1) // 2 else "global"
-
-
-def global_align(*args: Any, **kwargs: Any) -> AlignResult:
-    """Solve all groups together; see :func:`image3_dask.algorithms.global_align.global_align`.
-
-    Parameters
-    ----------
-    *args, **kwargs
-        Passed to :func:`image3_dask.algorithms.global_align.global_align`.
-
-    Returns
-    -------
-    AlignResult
-        Corrected WCSs and per-exposure fit info.
-    """
-    from .global_align import global_align as _global_align
-
-    return _global_align(*args, **kwargs)

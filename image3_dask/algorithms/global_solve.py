@@ -32,7 +32,14 @@ from astropy.table import Table
 from tweakwcs.correctors import JWSTWCSCorrector
 from tweakwcs.matchutils import XYXYMatch
 
-from .align import AlignResult, _names, _rename_xy, _unchanged, make_corrector, wcs_bounding_box
+from .align_common import (
+    AlignResult,
+    exposure_names,
+    make_corrector,
+    rename_xy_columns,
+    unchanged_result,
+    wcs_bounding_box,
+)
 from .tweakreg_catalog import filter_catalog_by_bounding_box
 
 __all__ = [
@@ -577,11 +584,11 @@ def global_align(
         ``npairs``); ``extra`` holds ``'pairs'`` (group index pairs with their number of
         matches) and ``'group_order'``.
     """
-    names = _names(len(wcses), names)
+    names = exposure_names(len(wcses), names)
     order = list(dict.fromkeys(group_ids))
     gindex = {g: i for i, g in enumerate(order)}
     if len(order) < 2:
-        return _unchanged(
+        return unchanged_result(
             wcses,
             group_ids,
             "global",
@@ -606,7 +613,7 @@ def global_align(
     gxy: list[list[np.ndarray]] = [[] for _ in range(ngrp)]
     gquads: list[list[np.ndarray]] = [[] for _ in range(ngrp)]
     for cat, w, g in zip(catalogs, wcses, group_ids, strict=True):
-        cat = filter_catalog_by_bounding_box(_rename_xy(Table(cat)), wcs_bounding_box(w))
+        cat = filter_catalog_by_bounding_box(rename_xy_columns(Table(cat)), wcs_bounding_box(w))
         gxy[gindex[g]].append(tangent_plane_positions(cat, w, ref))
         gquads[gindex[g]].append(footprint_tangent_plane(w, ref))
     gpos = [np.concatenate(v) if v else np.zeros((0, 2)) for v in gxy]
