@@ -18,9 +18,9 @@ this module reproduces per tile:
 - ERR: ``sqrt(nansum(variances))``, NaN where all are NaN (``compute_err="from_var"``), or
   drizzled input ERR divided by ``pixel_scale_ratio`` (``"driz_err"``).
 
-Drizzle itself is the ``drizzle`` package (``drizzle.resample.Drizzle``, and its C kernel
-directly where the context bits need the exposure's association index). A tile is drizzled onto the tile
-grown by :func:`kernel_halo` (clipped to the mosaic, see
+Drizzle itself is the ``drizzle`` package: ``drizzle.resample.Drizzle``, and its C kernel
+directly only where the context bits need the exposure's association index. A tile is
+drizzled onto the tile grown by :func:`kernel_halo` (clipped to the mosaic, see
 :meth:`image3_dask.algorithms.tiles.Tile.padded`) and cropped, which reproduces the
 full-frame result: every output pixel receives the same contributions in the same order.
 """
