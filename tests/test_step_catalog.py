@@ -227,7 +227,9 @@ def _match(cat, t, radius=1.5):
 
 
 # --------------------------------------------------------------------------- products
+@pytest.mark.jwst
 def test_pipeline_writes_catalog_and_segmentation(runs):
+    pytest.importorskip("jwst")
     from jwst import datamodels as jdm
 
     res = runs["single"]
