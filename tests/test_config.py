@@ -3,10 +3,13 @@
 import pytest
 
 from image3_dask.errors import ConfigError
-from image3_dask.pipeline.config import STEP_PARAMS, PipelineConfig
+from image3_dask.pipeline.config import STEP_PARAMS, PipelineConfig, parse_spec
+from image3_dask.pipeline.step_specs import OFFICIAL_SPECS, STEP_ORDER
 
 
 def test_defaults_are_those_of_jwst_3():
+    """A few well-known jwst 3.0 defaults, checked where jwst is not installed; every official
+    parameter is compared with jwst's own step specs in ``test_official_parameters_match_jwst``."""
     c = PipelineConfig()
     assert c["resample"].pixfrac == 1.0 and c["resample"].kernel == "square"
     assert c["resample"].weight_type == "ivm" and c["resample"].fillval == "NAN"
@@ -33,6 +36,33 @@ def test_every_official_parameter_is_known():
                                              "output_use_index", "pre_hooks", "post_hooks"):
                 continue
             assert name in ours[step], f"{step}.{name} missing"
+
+
+@pytest.mark.jwst
+@pytest.mark.parametrize("step", STEP_ORDER)
+def test_official_parameters_match_jwst(step):
+    """Type, options, bounds and default of each official parameter, as jwst declares them.
+
+    The declarations come from the step's configobj spec (``Step.load_spec_file``), the defaults
+    from an instance of the step (stpipe's own parsing and validation of that spec).
+    """
+    pytest.importorskip("jwst")
+    from jwst.pipeline import Image3Pipeline
+
+    cls = Image3Pipeline.step_defs[step]
+    spec = cls.load_spec_file()
+    jwst_step = cls()
+    defaults = PipelineConfig()[step]
+    for name, ours in parse_spec(OFFICIAL_SPECS[step]).items():
+        assert name in spec, f"{step}.{name} is not a parameter of jwst's {cls.__name__}"
+        # configobj accepts a trailing comma (jwst 3.0 writes "xoffset = float(default=0.0),")
+        (t,) = parse_spec(f"{name} = {spec[name].rstrip(',')}").values()
+        assert (ours.kind, ours.options, ours.vmin, ours.vmax) == (
+            t.kind, t.options, t.vmin, t.vmax
+        ), f"{step}.{name}: declared as {spec[name]} in jwst"
+        # stpipe's value, converted as ours would convert it (an option 8 arrives as '8')
+        expected = ours.coerce(getattr(jwst_step, name), f"jwst {step}.{name}")
+        assert defaults[name] == expected, f"{step}.{name}: {defaults[name]!r} != {expected!r}"
 
 
 def test_overrides_are_typed_and_checked():
