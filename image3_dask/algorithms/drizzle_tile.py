@@ -233,12 +233,30 @@ class _ContextDrizzle:
         self.out_dq: np.ndarray | None = None
         self.kernel = kernel
 
-    def add_image(self, data, *, ctx_id: int, exptime, pixmap, dq=None, weight_map, **kwargs):
+    def add_image(
+        self,
+        data,
+        *,
+        ctx_id: int,
+        exptime: float,
+        pixmap,
+        dq=None,
+        pixel_scale_ratio: float,
+        weight_map,
+        wht_scale: float,
+        pixfrac: float,
+        in_units: str,
+        xmin: int,
+        xmax: int,
+        ymin: int,
+        ymax: int,
+    ) -> None:
+        """``Drizzle.add_image`` for ``in_units="cps"``, ``iscale=1``, setting bit ``ctx_id``."""
         from drizzle import cdrizzle
 
         if exptime <= 0.0:
             raise ValueError("'exptime' must be strictly positive.")
-        if kwargs.pop("in_units") != "cps":
+        if in_units != "cps":
             raise ValueError("only in_units='cps' is supported")
         plane, bit = divmod(int(ctx_id), CTX_PLANE_BITS)
         if dq is not None:
@@ -257,15 +275,19 @@ class _ContextDrizzle:
             dq=dq,
             outdq=self.out_dq if dq is not None else None,
             uniqid=bit + 1,
+            xmin=xmin,
+            xmax=xmax,
+            ymin=ymin,
+            ymax=ymax,
             iscale=1.0,
-            pscale_ratio=kwargs.pop("pixel_scale_ratio"),
-            wtscale=kwargs.pop("wht_scale"),
+            pscale_ratio=pixel_scale_ratio,
+            pixfrac=pixfrac,
             kernel=self.kernel,
             in_units="cps",
             expscale=1.0,
+            wtscale=wht_scale,
             fillstr=self.fillval,
             fillstr2="INDEF",
-            **kwargs,  # pixfrac, xmin, xmax, ymin, ymax
         )
 
 
