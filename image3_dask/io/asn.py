@@ -19,11 +19,85 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Association",
+    "check_name",
     "load_association",
     "make_association",
     "resolve_inputs",
     "write_association",
 ]
+
+#: Longest product name or association id accepted (products add suffixes such as
+#: ``_segm.fits`` or ``_i2d.zarr``; most file systems allow 255 bytes per name).
+MAX_NAME_BYTES = 200
+
+
+def check_name(value, what: str, source: str | os.PathLike | None = None) -> str:
+    """Return ``value`` if it is a plain file-name part, else raise :class:`InputError`.
+
+    Product names and association ids become parts of output file names
+    (``<product>_i2d.fits``, ``<exposure>_<asn_id>_crf.fits``): they are names, not paths.
+    Refused: anything that is not a non-empty string, path separators (``/``, ``\\``), a
+    leading ``.`` (``..``, hidden files), NUL and other control characters, leading or
+    trailing spaces, and more than :data:`MAX_NAME_BYTES` bytes.
+
+    Parameters
+    ----------
+    value : object
+        The name as given.
+    what : str
+        What the name is (``"product name"``, ``"asn_id"``), for the message.
+    source : path-like, optional
+        Where the name comes from (the association file), named in the message.
+    """
+    where = f"{source}: " if source is not None else ""
+    problem = None
+    if not isinstance(value, str):
+        problem = f"is a {type(value).__name__}, not a string"
+    elif value == "":
+        problem = "is empty"
+    elif "/" in value or "\\" in value:
+        problem = "contains a path separator"
+    elif value.startswith("."):
+        problem = "starts with '.'"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+        problem = "contains a control character"
+    elif value != value.strip():
+        problem = "starts or ends with a space"
+    elif len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        problem = f"is longer than {MAX_NAME_BYTES} bytes"
+    if problem:
+        raise InputError(
+            f"{where}{what} {value!r} {problem}; it must be a plain name, not a path "
+            "(letters, digits, '-', '_', '.'; e.g. 'jw01234-o001_t001_miri_f770w')"
+        )
+    return value
+
+
+def _check_unique_names(members: list[Path], source: str | os.PathLike | None) -> None:
+    """Refuse two members in different folders whose per-exposure products would collide.
+
+    Per-exposure products (``<exposure>_<asn_id>_crf.fits``) and the tasks of a run are named
+    after the exposure (the file name without ``_cal.fits``): two members with the same file
+    name in different folders would overwrite each other and one would be lost. The same file
+    listed twice is left to :func:`image3_dask.io.exposures.read_exposures`, which names it.
+    """
+    from image3_dask.io.exposures import _exposure_name as exposure_name
+
+    seen: dict[str, Path] = {}
+    clashes = []
+    for m in members:
+        key = exposure_name(m)
+        first = seen.setdefault(key, m)
+        if first is not m and Path(first).resolve() != Path(m).resolve():
+            clashes.append(f"{first} and {m} (both exposure {key!r})")
+    if clashes:
+        where = f"{source}: " if source is not None else ""
+        raise InputError(
+            f"{where}members in different folders have the same exposure name, so their "
+            "products would overwrite each other: "
+            + "; ".join(clashes)
+            + ". Rename one of each pair (or give each its own association)."
+        )
 
 
 @dataclass
@@ -77,7 +151,14 @@ def make_association(
     -------
     dict
         The association, ready for :func:`write_association`.
+
+    Raises
+    ------
+    InputError
+        When ``product_name`` or ``asn_id`` is not a plain name (:func:`check_name`).
     """
+    check_name(product_name, "product name")
+    check_name(asn_id, "asn_id")
     members = []
     for f in files:
         p = Path(f)
@@ -125,8 +206,10 @@ def load_association(path: str | os.PathLike) -> Association:
     Raises
     ------
     InputError
-        When the file is missing, is not JSON, is not an ``image3`` association or has no
-        science member.
+        When the file is missing, is not JSON, is not an ``image3`` association, has no
+        science member, names its product or itself with something that is not a plain name
+        (:func:`check_name`), or has two members of the same exposure name in different
+        folders.
     """
     path = Path(path)
     if not path.is_file():
@@ -165,10 +248,18 @@ def load_association(path: str | os.PathLike) -> Association:
         members.append(p if p.is_absolute() else base / p)
     if not members:
         raise InputError(f"{path}: association has no science member")
-    name = product.get("name") or path.stem.replace("_asn", "")
+    _check_unique_names(members, path)
+    name = product.get("name")
+    if name is None:
+        name = path.stem.replace("_asn", "")
+    asn_id = raw.get("asn_id")
+    if asn_id is None:
+        asn_id = "a3001"
+    elif isinstance(asn_id, int) and not isinstance(asn_id, bool):
+        asn_id = str(asn_id)
     return Association(
-        product_name=str(name),
-        asn_id=str(raw.get("asn_id") or "a3001"),
+        product_name=check_name(name, "product name", path),
+        asn_id=check_name(asn_id, "asn_id", path),
         members=members,
         path=path,
         raw=raw,
@@ -185,15 +276,23 @@ def resolve_inputs(
     inputs : path-like or list of path-like
         An association JSON file, one or more exposure files, or glob patterns.
     product_name : str, optional
-        Product name used when the inputs are exposures rather than an association
-        (default ``image3``).
+        Product name (default: the association's, or ``image3`` for exposures); it must be a
+        plain name (:func:`check_name`).
+
+    Raises
+    ------
+    InputError
+        As :func:`load_association`; also when ``product_name`` is not a plain name or two
+        exposures given have the same name in different folders.
     """
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if len(items) == 1 and str(items[0]).endswith(".json"):
         asn = load_association(items[0])
-        if product_name:
-            asn.product_name = product_name
+        if product_name is not None:
+            asn.product_name = check_name(product_name, "product name", items[0])
         return asn
+    if product_name is not None:
+        check_name(product_name, "product name")
     files: list[Path] = []
     for item in items:
         s = str(item)
@@ -206,6 +305,7 @@ def resolve_inputs(
             files.append(Path(s).resolve())
     if not files:
         raise InputError("no input exposure given")
+    _check_unique_names(files, None)
     return Association(
         product_name=product_name or "image3",
         asn_id="a3001",
