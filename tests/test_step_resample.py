@@ -210,3 +210,65 @@ def test_custom_output_wcs_file(small_dither, client, tmp_path):
     with pytest.raises(InputError, match="output_wcs file not found"):
         Image3Pipeline.call(small_dither.asn_path, output_dir=tmp_path / "c", client=client,
                             steps=_steps(output_wcs=str(tmp_path / "nope.asdf")), progress=False)
+
+
+@pytest.fixture(scope="module")
+def straddling_dither(tmp_path_factory):
+    """Issue 13's data: the default grid cuts the last input row of an exposure in two."""
+    from image3_dask.simulate import simulate
+
+    out = tmp_path_factory.mktemp("straddling")
+    return simulate(instrument="miri", n=4, out_dir=out, seed=5, pattern="dither", shape=(256, 256))
+
+
+_WHOLE_FRAME: dict = {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue 13 item 5: input pixels straddling a mosaic edge are kept by the full-frame "
+    "drizzle (its pixel map is NaN next to the WCS bounding box, so drizzle's scanner falls back "
+    "to clipping pixel by pixel) but dropped by tiles whose crop has no NaN column; the fix is in "
+    "drizzle_inputs_for_region / pixmap.py (see the issue)",
+)
+@pytest.mark.parametrize(
+    "data,output_shape,tile_shape",
+    [
+        # the grid cropped to 180 x 180: input pixels straddle all four edges
+        ("small_dither", [180, 180], [64, 64]),
+        ("small_dither", [180, 180], [100, 100]),
+        ("small_dither", [180, 180], [48, 64]),
+        ("small_dither", [180, 180], [60, 90]),  # divides the grid
+        ("small_dither", [180, 180], [45, 45]),  # divides the grid
+        # issue 13's case: the default grid, the bottom row of tiles
+        ("straddling_dither", None, [64, 64]),
+        ("straddling_dither", None, [100, 100]),
+    ],
+)
+def test_tiled_equals_single_tile_at_the_grid_edges(
+    request, client, tmp_path_factory, data, output_shape, tile_shape
+):
+    sim = request.getfixturevalue(data)
+    extra = {"output_shape": output_shape} if output_shape else {}
+
+    def call(tiles):
+        out = tmp_path_factory.mktemp("edge")
+        return Image3Pipeline.call(
+            sim.asn_path,
+            output_dir=out,
+            client=client,
+            steps=_steps(tile_shape=tiles, **extra),
+            progress=False,
+        )["i2d"]
+
+    key = (data, str(output_shape))
+    if key not in _WHOLE_FRAME:
+        _WHOLE_FRAME[key] = call([4096, 4096])
+    tiled = call(tile_shape)
+    with _open(tiled) as a, _open(_WHOLE_FRAME[key]) as b:
+        assert a.data.shape == b.data.shape
+        if output_shape:
+            assert a.data.shape == (output_shape[1], output_shape[0])
+        for name in ("data", "wht", "con", "err", "var_rnoise", "var_poisson", "var_flat"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
