@@ -29,9 +29,12 @@ from image3_dask.algorithms.grid import (
     sregion_footprint,
 )
 from image3_dask.algorithms.pixmap import (
+    CHECKED_STEPSIZE,
+    checked_pixmap,
     exposure_pixmap,
     input_range,
     local_range,
+    pixmap_error,
     pixmap_for_region,
 )
 from image3_dask.algorithms.tiles import (
@@ -304,6 +307,59 @@ def test_pixmap_equals_stcal(wcss, grid, stepsize, order):
     ref = calc_pixmap(w, grid.wcs, SHAPE, stepsize=stepsize, order=order)
     np.testing.assert_array_equal(mine, ref)
     assert np.all(np.isnan(mine[:, :3])) and np.all(np.isfinite(mine[:, 4:120]))
+
+
+def _rippled(w, amplitude: float, period: float):
+    """``w`` with a sinusoidal ripple of ``amplitude`` pixels along x in front (no spline fits it)."""
+    ripple = (m.Shift(0) + m.Sine1D(amplitude=amplitude, frequency=1.0 / period)) & m.Identity(1)
+    out = gw.WCS([(w.input_frame, ripple | w.forward_transform), (w.output_frame, None)])
+    out.bounding_box = w.bounding_box.bounding_box(order="F")
+    return out
+
+
+def test_checked_pixmap_is_within_its_bound_and_honours_the_bbox(wcss, grid):
+    w = copy.deepcopy(wcss[1])
+    w.bounding_box = ((3.5, 120.5), (-0.5, 127.5))
+    exact = exposure_pixmap(w, grid.wcs, SHAPE)
+    pm, err = checked_pixmap(w, grid.wcs, SHAPE, max_error=0.01)
+    assert err is not None and err <= 0.01
+    np.testing.assert_array_equal(np.isnan(pm), np.isnan(exact))
+    # the check's estimate bounds the true error (smooth distortion: the spline is near exact)
+    assert np.nanmax(np.abs(pm - exact)) < 1e-6
+
+
+def test_checked_pixmap_falls_back_to_exact_when_the_spline_misses(wcss, grid):
+    # a ripple of period 9 px between 16-px nodes: the spline is off by ~0.05 px
+    w = _rippled(wcss[0], amplitude=0.05, period=9.0)
+    exact = exposure_pixmap(w, grid.wcs, SHAPE)
+    spline = exposure_pixmap(w, grid.wcs, SHAPE, stepsize=CHECKED_STEPSIZE, order=3)
+    true_err = np.nanmax(np.hypot(*(spline - exact).transpose(2, 0, 1)))
+    measured = pixmap_error(spline, w, grid.wcs, CHECKED_STEPSIZE)
+    assert true_err > 0.01 and measured > 0.01
+    pm, err = checked_pixmap(w, grid.wcs, SHAPE, max_error=0.01)
+    assert err == measured
+    np.testing.assert_array_equal(pm, exact)
+    # with a looser bound the interpolated map is kept
+    pm, err = checked_pixmap(w, grid.wcs, SHAPE, max_error=1.0)
+    np.testing.assert_array_equal(pm, spline)
+
+
+def test_checked_pixmap_max_error_zero_is_the_exact_map(wcss, grid):
+    pm, err = checked_pixmap(wcss[2], grid.wcs, SHAPE, max_error=0.0)
+    assert err is None
+    np.testing.assert_array_equal(pm, exposure_pixmap(wcss[2], grid.wcs, SHAPE))
+
+
+def test_pixmap_error_finds_a_local_defect(wcss, grid):
+    pm = exposure_pixmap(wcss[0], grid.wcs, SHAPE)
+    assert pixmap_error(pm, wcss[0], grid.wcs, CHECKED_STEPSIZE) < 1e-9
+    bad = pm.copy()
+    nodes = np.linspace(0, SHAPE[1] - 1, 10)  # 128 px: 10 nodes, the fewest stcal places
+    c = int(np.rint(nodes[:2].mean()))  # centre of the first sparse cell
+    bad[c, c, 0] += 0.02
+    assert pixmap_error(bad, wcss[0], grid.wcs, CHECKED_STEPSIZE) == pytest.approx(0.02, rel=1e-6)
+    bad[c, c, 0] = np.nan  # a hole where the WCS is defined
+    assert pixmap_error(bad, wcss[0], grid.wcs, CHECKED_STEPSIZE) == np.inf
 
 
 def test_pixmap_for_region(pixmaps):

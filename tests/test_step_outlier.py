@@ -333,7 +333,7 @@ def test_parity_without_resampling(sky_dither, client, tmp_path):
 def test_singles_cache_roundtrip_and_cleanup(runs, tmp_path):
     """Kept singles read back exactly (crop, NaN/zero outside) and are removed after the median."""
     from image3_dask.algorithms.tiles import Tile
-    from image3_dask.graph.outlier import _cache_single, _cached_singles
+    from image3_dask.graph.outlier_tasks import _cache_single, _cached_singles
 
     rng = np.random.default_rng(3)
     tile = Tile(0, 0, 0, 40, 0, 50)

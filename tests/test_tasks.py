@@ -1,4 +1,4 @@
-"""Deferred tasks: submitted by one step, awaited at the end of the run."""
+"""The run's task ledger: tasks submitted by one step, awaited where needed or at the end."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def test_deferred_tasks_run_while_the_client_goes_on(client, tmp_path):
     states = []
     unwatch = watch_tasks(ctx.token, lambda key, state: states.append((key[0], state)))
     out = tmp_path / "late.txt"
-    ctx.defer("late", [TaskSpec("late-write", "x", _write_after, (str(out), 1.0))])
-    assert not out.exists()  # defer returned before the task finished
+    ctx.submit([TaskSpec("late-write", "x", _write_after, (str(out), 1.0))])
+    assert not out.exists()  # submit returned before the task finished
     ctx.finish_pending()
     unwatch()
     assert out.read_text() == "done" and ctx.pending == []
@@ -50,7 +50,7 @@ def test_deferred_tasks_run_while_the_client_goes_on(client, tmp_path):
 
 def test_a_failed_deferred_task_fails_the_run_and_names_itself(client, tmp_path):
     ctx = _ctx(client, tmp_path)
-    ctx.defer("bad", [TaskSpec("resample-fits", "p", _fail, ("disk full",))])
+    ctx.submit([TaskSpec("resample-fits", "p", _fail, ("disk full",))])
     with pytest.raises(StepFailed, match="resample-fits p failed: ValueError: disk full"):
         ctx.finish_pending()
 
@@ -58,8 +58,37 @@ def test_a_failed_deferred_task_fails_the_run_and_names_itself(client, tmp_path)
 def test_cancel_pending(client, tmp_path):
     ctx = _ctx(client, tmp_path)
     out = tmp_path / "never.txt"
-    futures = ctx.defer("slow", [TaskSpec("slow-write", "x", _write_after, (str(out), 5.0))])
+    futures = ctx.submit([TaskSpec("slow-write", "x", _write_after, (str(out), 5.0))])
     ctx.cancel_pending()
     assert ctx.pending == []
     time.sleep(0.2)
     assert futures[0].status == "cancelled"
+
+
+def _add(a: int, b: int) -> int:
+    return a + b
+
+
+def test_tasks_follow_futures_and_after_without_the_client_waiting(client, tmp_path):
+    ctx = _ctx(client, tmp_path)
+    out = tmp_path / "first.txt"
+    (first,) = ctx.submit([TaskSpec("write", "first", _write_after, (str(out), 0.5))])
+    # reads the file the first task writes: must follow it although it takes no result of it
+    (second,) = ctx.submit(
+        [TaskSpec("read", "second", Path.read_text, (out,), after=[first])]
+    )
+    (third,) = ctx.submit([TaskSpec("add", "third", _add, kwargs={"a": 1, "b": 2})])
+    (fourth,) = ctx.submit([TaskSpec("add", "fourth", _add, kwargs={"a": third, "b": 10})])
+    assert ctx.wait([second, fourth], "both") == ["done", 13]
+    reports = []
+    ctx.on_finish(lambda: reports.append(ctx.tasks.results([third])))
+    ctx.finish_pending()
+    assert reports == [[3]] and ctx.pending == []
+
+
+def test_a_failure_names_the_task_that_failed_not_the_one_waited_for(client, tmp_path):
+    ctx = _ctx(client, tmp_path)
+    (bad,) = ctx.submit([TaskSpec("outlier-flag", "exp2", _fail, ("no space left",))])
+    (later,) = ctx.submit([TaskSpec("resample-tile", "r000c000", _add, (1, 2), after=[bad])])
+    with pytest.raises(StepFailed, match="outlier-flag exp2 failed: ValueError: no space left"):
+        ctx.wait([later], "tiles")

@@ -16,7 +16,10 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "CHECKED_STEPSIZE",
+    "checked_pixmap",
     "exposure_pixmap",
+    "pixmap_error",
     "input_range",
     "local_range",
     "pixmap_for_region",
@@ -41,8 +44,28 @@ def _map(in_wcs, out_wcs, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.
     return np.asarray(ox, dtype=float), np.asarray(oy, dtype=float)
 
 
+def _valid_box(in_wcs, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(xmin, xmax, ymin, ymax)``: the input pixels inside the WCS bounding box, inclusive."""
+    bbox = _bbox_f(in_wcs)
+    if bbox is None:
+        return 0, shape[1] - 1, 0, shape[0] - 1
+    (bx0, bx1), (by0, by1) = bbox
+    return (
+        max(0, int(math.ceil(bx0))),
+        min(shape[1] - 1, int(math.floor(bx1))),
+        max(0, int(math.ceil(by0))),
+        min(shape[0] - 1, int(math.floor(by1))),
+    )
+
+
+def _sparse_nodes(lo: int, hi: int, stepsize: float) -> np.ndarray:
+    """Nodes of the sparse grid along one axis, as stcal places them (>= 10 unless fewer pixels)."""
+    n = hi - lo + 1
+    return np.linspace(lo, hi, max(int(math.ceil(n / stepsize)), min(10, n)))
+
+
 def exposure_pixmap(
-    in_wcs, out_wcs, in_shape: Sequence[int], stepsize: int = 1, order: int = 1
+    in_wcs, out_wcs, in_shape: Sequence[int], stepsize: float = 1, order: int = 1
 ) -> np.ndarray:
     """Output-grid coordinates of every input pixel centre.
 
@@ -54,7 +77,7 @@ def exposure_pixmap(
         WCS of the output grid (its bounding box is ignored).
     in_shape : (int, int)
         ``(ny, nx)`` of the exposure.
-    stepsize : int, optional
+    stepsize : float, optional
         If > 1, evaluate the WCS on a sparse grid (at most ``stepsize`` pixels apart, at
         least 10 points a side) inside the input bounding box and interpolate with a spline,
         as stcal does; falls back to the full computation when a sparse point is not finite.
@@ -69,31 +92,19 @@ def exposure_pixmap(
     from scipy import interpolate
 
     shape = (int(in_shape[0]), int(in_shape[1]))
-    bbox = _bbox_f(in_wcs)
-    if bbox is None:
-        xmin, xmax, ymin, ymax = 0, shape[1] - 1, 0, shape[0] - 1
-    else:
-        (bx0, bx1), (by0, by1) = bbox
-        xmin = max(0, int(math.ceil(bx0)))
-        xmax = min(shape[1] - 1, int(math.floor(bx1)))
-        ymin = max(0, int(math.ceil(by0)))
-        ymax = min(shape[0] - 1, int(math.floor(by1)))
-    eff_w = xmax - xmin + 1
-    eff_h = ymax - ymin + 1
+    xmin, xmax, ymin, ymax = _valid_box(in_wcs, shape)
 
     def full() -> tuple[np.ndarray, np.ndarray]:
         y, x = np.indices(shape, dtype=np.float64)
         return _map(in_wcs, out_wcs, x, y)
 
-    if stepsize <= 1 or max(eff_w, eff_h) <= 10:
+    if stepsize <= 1 or max(xmax - xmin + 1, ymax - ymin + 1) <= 10:
         x, y = full()
     else:
         if order not in (1, 3):
             raise ValueError("Interpolation order should be either 1 or 3.")
-        npts_x = max(int(math.ceil(eff_w / stepsize)), min(10, eff_w))
-        npts_y = max(int(math.ceil(eff_h / stepsize)), min(10, eff_h))
-        xc = np.linspace(xmin, xmax, npts_x)
-        yc = np.linspace(ymin, ymax, npts_y)
+        xc = _sparse_nodes(xmin, xmax, stepsize)
+        yc = _sparse_nodes(ymin, ymax, stepsize)
         gx, gy = np.meshgrid(xc, yc)
         cx, cy = _map(in_wcs, out_wcs, gx, gy)
         if np.all(np.isfinite(cx)) and np.all(np.isfinite(cy)):
@@ -112,6 +123,85 @@ def exposure_pixmap(
         else:
             x, y = full()
     return np.dstack([x, y])
+
+
+def pixmap_error(pixmap: np.ndarray, in_wcs, out_wcs, stepsize: float) -> float:
+    """Largest distance between ``pixmap`` and the exact WCS where interpolation is weakest.
+
+    The exact WCS is evaluated at the pixel nearest the centre of every cell of the sparse
+    grid of :func:`exposure_pixmap` (``stepsize``), and at the middle of every cell side on
+    the border of the valid region, where a spline is least constrained; the nodes themselves
+    are exact by construction.
+
+    Parameters
+    ----------
+    pixmap : numpy.ndarray
+        ``(ny, nx, 2)`` map to check.
+    in_wcs, out_wcs : gwcs.WCS
+        The WCS pair the map was made for.
+    stepsize : float
+        Spacing of the sparse grid the map was interpolated from.
+
+    Returns
+    -------
+    float
+        Largest distance in output pixels; ``inf`` where the map is not finite at a checked
+        point where the WCS is, or the reverse.
+    """
+    shape = pixmap.shape[:2]
+    xmin, xmax, ymin, ymax = _valid_box(in_wcs, shape)
+    xc = _sparse_nodes(xmin, xmax, stepsize)
+    yc = _sparse_nodes(ymin, ymax, stepsize)
+    xm = np.unique(np.rint(0.5 * (xc[1:] + xc[:-1])).astype(int))
+    ym = np.unique(np.rint(0.5 * (yc[1:] + yc[:-1])).astype(int))
+    gx, gy = np.meshgrid(xm, ym)
+    px = np.concatenate([gx.ravel(), xm, xm, np.full(ym.size, xmin), np.full(ym.size, xmax)])
+    py = np.concatenate([gy.ravel(), np.full(xm.size, ymin), np.full(xm.size, ymax), ym, ym])
+    ex, ey = _map(in_wcs, out_wcs, px.astype(float), py.astype(float))
+    mx, my = pixmap[py, px, 0], pixmap[py, px, 1]
+    with np.errstate(invalid="ignore"):
+        d = np.hypot(mx - ex, my - ey)
+    if not np.array_equal(np.isfinite(d), np.isfinite(ex) & np.isfinite(ey)):
+        return math.inf
+    return float(np.nanmax(d)) if np.isfinite(d).any() else 0.0
+
+
+#: Spacing (input pixels) of the sparse grid of :func:`checked_pixmap`.
+CHECKED_STEPSIZE = 16
+
+
+def checked_pixmap(
+    in_wcs, out_wcs, in_shape: Sequence[int], max_error: float
+) -> tuple[np.ndarray, float | None]:
+    """A pixel map interpolated from a sparse grid, used only when it is checked to be accurate.
+
+    A cubic spline through the WCS every :data:`CHECKED_STEPSIZE` pixels costs a few percent
+    of evaluating the WCS at every pixel. The result is compared with the exact WCS by
+    :func:`pixmap_error`; when it is off by more than ``max_error`` output pixels anywhere
+    checked, the exact map is computed instead.
+
+    Parameters
+    ----------
+    in_wcs, out_wcs, in_shape
+        As :func:`exposure_pixmap`.
+    max_error : float
+        Largest error accepted, in output pixels; ``<= 0`` computes the exact map directly.
+
+    Returns
+    -------
+    pixmap : numpy.ndarray
+        ``(ny, nx, 2)``, as :func:`exposure_pixmap`.
+    error : float or None
+        Error measured on the interpolated map (also when it was rejected); `None` when the
+        exact map was computed without trying.
+    """
+    if max_error <= 0:
+        return exposure_pixmap(in_wcs, out_wcs, in_shape), None
+    pm = exposure_pixmap(in_wcs, out_wcs, in_shape, stepsize=CHECKED_STEPSIZE, order=3)
+    err = pixmap_error(pm, in_wcs, out_wcs, CHECKED_STEPSIZE)
+    if err > max_error:
+        return exposure_pixmap(in_wcs, out_wcs, in_shape), err
+    return pm, err
 
 
 def input_range(in_shape: Sequence[int], bbox=None) -> tuple[int, int, int, int]:

@@ -66,8 +66,9 @@ from image3_dask.algorithms.catalog import (
 from image3_dask.algorithms.catalog.refdata import FALLBACK_APERTURE_PARAMS
 from image3_dask.algorithms.tiles import Tile, plan_tiles
 from image3_dask.errors import ConfigError, InputError, StepNotAvailableError
-from image3_dask.graph.plan import _worker_memory
-from image3_dask.graph.tasks import TaskSpec, run_tasks
+from image3_dask.graph.handoff import Mosaic, StepData
+from image3_dask.graph.plan import total_threads, worker_memory
+from image3_dask.graph.tasks import TaskSpec
 from image3_dask.io.catalog_products import (
     SEGM_PLANE,
     ensure_plane,
@@ -91,6 +92,7 @@ __all__ = [
     "choose_mode",
     "resolve_refdata",
     "run",
+    "submit",
 ]
 
 #: Peak memory of the single-frame catalog per mosaic pixel (SCI/ERR/WHT inputs, Jy copies,
@@ -334,9 +336,19 @@ def catalog_tile_shape(
 
 
 def choose_mode(
-    tiled: str, shape: tuple[int, int], memory_limit: int | None, has_store: bool
+    tiled: str,
+    shape: tuple[int, int],
+    memory_limit: int | None,
+    has_store: bool,
+    threads: int = 1,
+    box: tuple[int, int] | None = None,
 ) -> tuple[bool, str]:
-    """Single-frame or tiled, from ``tiled`` and the memory estimate.
+    """Single-frame or tiled, from ``tiled``, the memory estimate and the cluster's size.
+
+    With ``tiled='auto'`` the catalog is tiled when the mosaic does not fit in one worker, and
+    also when the cluster has more than one worker thread and the mosaic holds more than one
+    background box: the tiled flow gives the same catalog and runs on every worker, where the
+    single-frame task would keep one worker busy while the others wait.
 
     Parameters
     ----------
@@ -348,6 +360,10 @@ def choose_mode(
         Smallest worker memory per thread (bytes), None when unlimited/unknown.
     has_store : bool
         Whether the mosaic's Zarr store is available (tiled mode reads regions from it).
+    threads : int
+        Worker threads of the cluster.
+    box : tuple of int, optional
+        Effective background box size; the mosaic spans one box when not given.
 
     Returns
     -------
@@ -377,6 +393,9 @@ def choose_mode(
             )
             return False, f"auto, no Zarr store ({est})"
         return True, f"auto: the mosaic does not fit in one worker ({est})"
+    n_boxes = 1 if box is None else math.ceil(shape[0] / box[0]) * math.ceil(shape[1] / box[1])
+    if has_store and threads > 1 and n_boxes > 1:
+        return True, f"auto: {n_boxes} background boxes for {threads} worker threads"
     return False, f"auto: the mosaic fits in one worker ({est})"
 
 
@@ -399,7 +418,10 @@ def frame_task(
     segm_store: Path,
     segm_chunks: tuple[int, int],
 ) -> QTable:
-    """Task: the single-frame catalog of the i2d; the segmentation goes to ``segm_store``.
+    """Task: the single-frame catalog of the mosaic; the segmentation goes to ``segm_store``.
+
+    The mosaic is read from its Zarr store when there is one (the i2d FITS file may still be
+    being written from it), else from the i2d file.
 
     Returns
     -------
@@ -408,10 +430,14 @@ def frame_task(
     """
     from astropy.io import fits
 
-    with fits.open(info.i2d, memmap=False) as hdul:
-        sci = np.asarray(hdul["SCI"].data, dtype=np.float32)
-        err = np.asarray(hdul["ERR"].data, dtype=np.float32)
-        wht = np.asarray(hdul["WHT"].data, dtype=np.float32) if "WHT" in hdul else None
+    if info.store is not None:
+        store = MosaicStore(info.store)
+        sci, err, wht = (np.asarray(store.read(p), dtype=np.float32) for p in ("sci", "err", "wht"))
+    else:
+        with fits.open(info.i2d, memmap=False) as hdul:
+            sci = np.asarray(hdul["SCI"].data, dtype=np.float32)
+            err = np.asarray(hdul["ERR"].data, dtype=np.float32)
+            wht = np.asarray(hdul["WHT"].data, dtype=np.float32) if "WHT" in hdul else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         cat, segm = make_source_catalog(
@@ -514,12 +540,18 @@ def segm_task(
 
 # --------------------------------------------------------------------------- flows
 def _run_tiled(
-    ctx, info: MosaicInfo, params: CatalogParams, refdata: RefData, extra_meta, segm_store: Path
+    ctx,
+    info: MosaicInfo,
+    params: CatalogParams,
+    refdata: RefData,
+    extra_meta,
+    segm_store: Path,
+    mosaic: Mosaic | None,
 ) -> tuple[QTable, tuple[int, int]]:
     shape = info.shape
     box = effective_box_size(params.bkg_boxsize, shape)
     chunks = MosaicStore(info.store).read_chunks("sci")[-2:]
-    limit = _worker_memory(ctx.client)
+    limit = worker_memory(ctx.client)
     max_pixels = int(limit * MEMORY_FRACTION / BYTES_PER_PIXEL / 4) if limit else None
     tshape = catalog_tile_shape(shape, box, chunks, max_pixels)
     tiles = plan_tiles(shape, tshape)
@@ -537,12 +569,19 @@ def _run_tiled(
     if getattr(ctx, "monitor", None) is not None:
         ctx.notify("add_tiles", label, tiles, shape)
     # 1. background mesh
-    stats = run_tasks(
-        ctx.client,
-        [TaskSpec("catalog-background", t.name, background_task, (info, t, box)) for t in tiles],
-        ctx.token,
-        label=f"{label}: background",
-        progress=ctx.progress,
+    # each tile starts as soon as the resample tiles under it are written
+    stats = ctx.run_now(
+        [
+            TaskSpec(
+                "catalog-background",
+                t.name,
+                background_task,
+                (info, t, box),
+                after=mosaic.futures_over(t.y0, t.y1, t.x0, t.x1) if mosaic else (),
+            )
+            for t in tiles
+        ],
+        f"{label}: background",
     )
     if sum(s[2] for s in stats) == 0:
         return QTable(), tshape
@@ -559,15 +598,12 @@ def _run_tiled(
     # 2. detection per tile
     labels_path = ctx.work_dir / "catalog_labels.zarr"
     ensure_plane(labels_path, "labels", shape, tshape, dtype="int32")
-    dets = run_tasks(
-        ctx.client,
+    dets = ctx.run_now(
         [
             TaskSpec("catalog-detect", t.name, detect_task, (info, t, mesh, params, labels_path))
             for t in tiles
         ],
-        ctx.token,
-        label=f"{label}: detect",
-        progress=ctx.progress,
+        f"{label}: detect",
     )
     # 3. join across tile borders
     parents, luts = join_tile_labels(dets, n_pixels=params.npixels, shape=shape)
@@ -588,9 +624,7 @@ def _run_tiled(
                 (info, rows, win, mesh, refdata.aperture_params, params),
             )
         )
-    results = run_tasks(
-        ctx.client, tasks, ctx.token, label=f"{label}: measure", progress=ctx.progress
-    )
+    results = ctx.run_now(tasks, f"{label}: measure")
     tables = [r.table for r in results]
     idmap = assign_source_ids(tables)
     catalog = finalize_catalog(
@@ -617,7 +651,7 @@ def _run_tiled(
                 (det, t, lut, mine, idmap, labels_path, segm_store),
             )
         )
-    run_tasks(ctx.client, tasks, ctx.token, label=f"{label}: segm", progress=ctx.progress)
+    ctx.run_now(tasks, f"{label}: segm")
     return catalog, tshape
 
 
@@ -646,18 +680,14 @@ def _groups(
     return out
 
 
-def _locate_mosaic(ctx) -> tuple[Path | None, Path | None]:
-    i2d = ctx.products.get("i2d")
-    if i2d is None:
-        candidate = ctx.product_path("i2d")
-        if candidate.is_file():
-            log.info("source_catalog: using the existing mosaic %s (resample skipped)", candidate)
-            i2d = candidate
-    store = ctx.products.get("i2d_zarr")
-    if store is None and i2d is not None:
-        candidate = Path(i2d).with_suffix(".zarr")
-        store = candidate if (candidate / "sci" / "zarr.json").is_file() else None
-    return (Path(i2d) if i2d else None), (Path(store) if store else None)
+def _existing_mosaic(ctx) -> tuple[Path | None, Path | None]:
+    """The i2d file (and its Zarr store) of an earlier run, when resample did not run now."""
+    candidate = ctx.product_path("i2d")
+    if not candidate.is_file():
+        return None, None
+    log.info("source_catalog: using the existing mosaic %s (resample skipped)", candidate)
+    store = candidate.with_suffix(".zarr")
+    return candidate, (store if (store / "sci" / "zarr.json").is_file() else None)
 
 
 def _store_usable(store: Path | None, shape: tuple[int, int]) -> bool:
@@ -667,20 +697,24 @@ def _store_usable(store: Path | None, shape: tuple[int, int]) -> bool:
     return all(s.has(p) for p in ("sci", "err", "wht")) and s.shape("sci") == tuple(shape)
 
 
-def run(ctx, exposures: list) -> list:
+def submit(ctx, data: StepData) -> StepData:
     """The source_catalog step: ``<product>_cat.ecsv`` and ``<product>_segm.fits``.
+
+    The catalog starts on the resample step's tiles as they are written
+    (:attr:`StepData.mosaic`); the client waits where it must join the tiles' results
+    (background mesh, labels across tile borders, source ids).
 
     Parameters
     ----------
     ctx : RunContext
         The run (client, parameters, products of the earlier steps).
-    exposures : list of ExposureInfo
-        Passed through unchanged.
+    data : StepData
+        Passed through unchanged; its ``mosaic`` is measured (else an existing i2d file).
 
     Returns
     -------
-    list of ExposureInfo
-        ``exposures``.
+    StepData
+        ``data``.
     """
     cfg = dict(ctx.config["source_catalog"])
     if cfg["starfinder"] != "segmentation":
@@ -688,19 +722,18 @@ def run(ctx, exposures: list) -> list:
             f"source_catalog.starfinder={cfg['starfinder']!r} is not available; "
             "only 'segmentation' (the default) is"
         )
-    i2d, store = _locate_mosaic(ctx)
-    if i2d is None:
-        log.warning(
-            "source_catalog: no mosaic (resample skipped, no %s); skipped",
-            ctx.product_path("i2d").name,
-        )
-        return exposures
-    known = ctx.shared.get("i2d_model")
-    if known is not None and Path(known[0]) == Path(i2d):
-        # the resample step of this run: its metadata, while the FITS file is still streamed
-        meta, shape = known[1].copy(), tuple(ctx.shared["i2d_plan"].grid.shape)
+    mosaic = data.mosaic
+    if mosaic is not None:
+        i2d, store = mosaic.i2d, mosaic.store
+        meta, shape = mosaic.model.copy(), tuple(mosaic.shape)
     else:
-        ctx.finish_pending()
+        i2d, store = _existing_mosaic(ctx)
+        if i2d is None:
+            log.warning(
+                "source_catalog: no mosaic (resample skipped, no %s); skipped",
+                ctx.product_path("i2d").name,
+            )
+            return data
         meta, shape = read_i2d_meta(i2d)
     if meta.meta.bunit_data not in (None, "MJy/sr") or meta.meta.bunit_err not in (None, "MJy/sr"):
         raise InputError(f"{i2d}: data and err must be in MJy/sr, not {meta.meta.bunit_data}")
@@ -713,7 +746,8 @@ def run(ctx, exposures: list) -> list:
         if None not in crpix
         else ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
     )
-    store = store if _store_usable(store, shape) else None
+    if mosaic is None:
+        store = store if _store_usable(store, shape) else None
     info = MosaicInfo(Path(i2d), store, shape, float(area), ref_pix, meta.meta.wcs)
     params = catalog_params(cfg)
     refdata = resolve_refdata(cfg, meta)
@@ -726,40 +760,45 @@ def run(ctx, exposures: list) -> list:
         params.bkg_boxsize,
         params.deblend,
     )
-    tiled, reason = choose_mode(cfg["tiled"], shape, _worker_memory(ctx.client), store is not None)
+    tiled, reason = choose_mode(
+        cfg["tiled"],
+        shape,
+        worker_memory(ctx.client),
+        store is not None,
+        threads=total_threads(ctx.client),
+        box=effective_box_size(params.bkg_boxsize, shape),
+    )
     log.info("source_catalog: %s mode (%s)", "tiled" if tiled else "single-frame", reason)
     segm_store = store if store is not None else ctx.work_dir / "catalog_segm.zarr"
     extra_meta = _extra_meta(cfg)
     if tiled:
-        catalog, chunks = _run_tiled(ctx, info, params, refdata, extra_meta, segm_store)
+        catalog, _ = _run_tiled(ctx, info, params, refdata, extra_meta, segm_store, mosaic)
     else:
-        ctx.finish_pending()  # the frame task reads the i2d FITS file
         chunks = (
             tuple(MosaicStore(store).read_chunks("sci")[-2:])
             if store
             else (min(shape[0], 1024), shape[1])
         )
-        (catalog,) = run_tasks(
-            ctx.client,
+        after = list(mosaic.tiles.values()) if mosaic is not None else []
+        (catalog,) = ctx.run_now(
             [
                 TaskSpec(
                     "catalog-frame",
                     ctx.product_name,
                     frame_task,
                     (info, params, refdata, extra_meta, segm_store, chunks),
+                    after=after,
                 )
             ],
-            ctx.token,
-            label="source_catalog: frame",
-            progress=ctx.progress,
+            "source_catalog: frame",
         )
     ctx.shared["catalog"] = catalog
     if len(catalog) == 0:
         log.warning("No sources found in the image. Catalog will be empty.")
-        return exposures
+        return data
     log.info("source_catalog: %d sources", len(catalog))
     if not cfg.get("save_results", True):
-        return exposures
+        return data
     cat_path = write_catalog(catalog, ctx.product_path("cat", "ecsv"))
     log.info("Wrote source catalog: %s", cat_path)
     segm_path = ctx.product_path("segm")
@@ -770,4 +809,11 @@ def run(ctx, exposures: list) -> list:
     ctx.products["segm"] = segm_path
     if segm_store == store:
         ctx.products["segm_zarr"] = store  # plane "segm" of the mosaic store
+    return data
+
+
+def run(ctx, exposures: list) -> list:
+    """:func:`submit` and wait for the run's tasks; returns ``exposures``."""
+    submit(ctx, StepData(exposures))
+    ctx.finish_pending()
     return exposures

@@ -22,22 +22,31 @@ from image3_dask.algorithms.grid import (
     grid_from_wcs,
     pixel_scale_ratio_from_area,
 )
-from image3_dask.algorithms.pixmap import exposure_pixmap
+from image3_dask.algorithms.pixmap import checked_pixmap, exposure_pixmap
 from image3_dask.algorithms.tiles import (
     Tile,
     auto_tile_shape,
-    footprint_bbox,
     overlapping,
     plan_tiles,
 )
-from image3_dask.graph.tasks import TaskSpec, run_tasks
+from image3_dask.graph.tasks import TaskSpec
 from image3_dask.io.exposures import ExposureInfo
 from image3_dask.io.mosaic_store import atomic_write_text, fingerprint
 from image3_dask.io.wcs_files import load_output_wcs
 
 log = logging.getLogger("image3_dask")
 
-__all__ = ["MosaicPlan", "PixmapRef", "wcs_fingerprint", "output_grid", "make_plan"]
+__all__ = [
+    "GridInfo",
+    "MosaicPlan",
+    "PixmapRef",
+    "make_plan",
+    "output_grid",
+    "start_pixmaps",
+    "total_threads",
+    "wcs_fingerprint",
+    "worker_memory",
+]
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,15 @@ class PixmapRef:
     index: int
     path: Path
     bbox: tuple[float, float, float, float] | None  # xmin, xmax, ymin, ymax (output pixels)
+
+
+@dataclass(frozen=True)
+class GridInfo:
+    """What a tile task needs of the output grid."""
+
+    halo: int
+    grid_shape: tuple[int, int]
+    pixel_scale_ratio: float
 
 
 @dataclass
@@ -59,6 +77,17 @@ class MosaicPlan:
     pixmaps: dict[int, PixmapRef]
     overlaps: dict[str, list[int]] = field(default_factory=dict)
     grid_fp: str = ""
+
+    @property
+    def info(self) -> GridInfo:
+        """Halo, shape and pixel scale ratio, for the tile tasks."""
+        return GridInfo(self.halo, tuple(self.grid.shape), self.grid.pixel_scale_ratio or 1.0)
+
+    def tiles_reached(self, bbox, margin: float = 0.0) -> list[Tile]:
+        """The tiles that an exposure whose pixel map spans ``bbox`` reaches (halo + margin)."""
+        if bbox is None:
+            return []
+        return [t for t in self.tiles if overlapping(bbox, t, self.halo + margin)]
 
     @property
     def tile_shape(self) -> tuple[int, int]:
@@ -116,9 +145,27 @@ def output_grid(exposures: list[ExposureInfo], params: dict) -> OutputGrid:
     )
 
 
-def _compute_pixmap(info: ExposureInfo, grid_wcs, path: Path, stepsize: float, order: int):
-    """Task: compute and save an exposure's pixel map; return its output bounding box."""
-    pm = exposure_pixmap(info.wcs, grid_wcs, info.shape, stepsize=stepsize, order=order)
+def _compute_pixmap(
+    info: ExposureInfo, grid_wcs, path: Path, stepsize: float, order: int, max_error: float
+):
+    """Task: compute and save an exposure's pixel map; return its output bounding box.
+
+    ``stepsize > 1`` is jwst's unchecked sparse-grid spline; otherwise the map is interpolated
+    from a sparse grid when :func:`checked_pixmap` finds it within ``max_error`` output pixels
+    of the exact WCS, and evaluated at every pixel (as jwst's default) when not or when
+    ``max_error`` is 0.
+    """
+    if stepsize > 1:
+        pm = exposure_pixmap(info.wcs, grid_wcs, info.shape, stepsize=stepsize, order=order)
+    else:
+        pm, err = checked_pixmap(info.wcs, grid_wcs, info.shape, max_error)
+        if err is not None and err > max_error:
+            log.info(
+                "%s: interpolated pixel map off by %.3g px (> %g); WCS evaluated at every pixel",
+                info.name,
+                err,
+                max_error,
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, pm)
@@ -135,7 +182,13 @@ def _bbox_of(pm: np.ndarray):
     return (float(x[ok].min()), float(x[ok].max()), float(y[ok].min()), float(y[ok].max()))
 
 
-def _worker_memory(client) -> int | None:
+def _max_error(params: dict) -> float:
+    """``pixmap_max_error`` (0 when unset or None: exact maps)."""
+    return float(params.get("pixmap_max_error") or 0.0)
+
+
+def worker_memory(client) -> int | None:
+    """Smallest memory limit per worker thread of the cluster (bytes); None when unlimited."""
     try:
         workers = client.scheduler_info(n_workers=-1)["workers"].values()
     except TypeError:  # older distributed
@@ -146,54 +199,92 @@ def _worker_memory(client) -> int | None:
     return min(per_thread) if per_thread else None
 
 
-def make_plan(ctx, exposures: list[ExposureInfo], params: dict, stage: str) -> MosaicPlan:
-    """Compute grid and tiles, and the pixel map of every exposure (one task each).
+@dataclass(frozen=True)
+class _PixmapTasks:
+    """Pixel-map tasks submitted for a grid, not yet collected."""
 
-    Plans are cached in ``ctx.shared`` by grid and WCS fingerprints, so that outlier detection
-    and resample share the pixel maps when they use the same grid.
-    """
-    grid = output_grid(exposures, params)
-    grid_fp = fingerprint({"grid": grid.to_dict() if hasattr(grid, "to_dict") else str(grid)})
-    key = (
+    grid: OutputGrid
+    grid_fp: str
+    paths: list[Path]
+    futures: list
+
+
+def _plan_key(exposures: list[ExposureInfo], params: dict, grid_fp: str) -> tuple:
+    return (
         grid_fp,
         tuple(wcs_fingerprint(e.wcs, e.shape) for e in exposures),
         params.get("pixmap_stepsize", 1.0),
         params.get("pixmap_order", 1),
+        _max_error(params),
     )
-    cache = ctx.shared.setdefault("plans", {})
+
+
+def start_pixmaps(ctx, exposures: list[ExposureInfo], params: dict) -> tuple:
+    """Submit the pixel-map tasks of the grid of ``params`` without waiting for them.
+
+    Called as soon as the exposures' WCS are final (after tweakreg), so that the maps are
+    computed while skymatch runs; :func:`make_plan` collects them. Returns the plan's key in
+    ``ctx.plans``; a grid already started or planned is not started again.
+    """
+    grid = output_grid(exposures, params)
+    grid_fp = fingerprint({"grid": grid.to_dict() if hasattr(grid, "to_dict") else str(grid)})
+    key = _plan_key(exposures, params, grid_fp)
+    if key in ctx.plans:
+        return key
+    folder = ctx.work_dir / "pixmaps" / grid_fp
+    stepsize = float(params.get("pixmap_stepsize", 1.0) or 1.0)
+    order = int(params.get("pixmap_order", 1) or 1)
+    tasks, paths = [], []
+    for e in exposures:
+        path = folder / f"{e.index:04d}_{e.name}_{key[1][e.index]}.npy"
+        paths.append(path)
+        tasks.append(
+            TaskSpec(
+                "pixmap-exposure",
+                e.name,
+                _compute_pixmap,
+                kwargs={
+                    "info": e,
+                    "grid_wcs": grid.wcs,
+                    "path": path,
+                    "stepsize": stepsize,
+                    "order": order,
+                    "max_error": _max_error(params),
+                },
+            )
+        )
+    ctx.plans[key] = _PixmapTasks(grid, grid_fp, paths, ctx.submit(tasks))
+    return key
+
+
+def make_plan(ctx, exposures: list[ExposureInfo], params: dict, stage: str) -> MosaicPlan:
+    """Grid, tiles, and the pixel map of every exposure (one task each, shared by the steps).
+
+    Plans are kept in ``ctx.plans`` by grid and WCS fingerprints, so that outlier detection
+    and resample share the pixel maps when they use the same grid; the maps' tasks may have
+    been started earlier by :func:`start_pixmaps`.
+    """
+    key = start_pixmaps(ctx, exposures, params)
+    found = ctx.plans[key]
+    if isinstance(found, MosaicPlan):
+        grid, grid_fp, pixmaps = found.grid, found.grid_fp, found.pixmaps
+    else:
+        grid, grid_fp = found.grid, found.grid_fp
+        bboxes = ctx.wait(found.futures, f"{stage}: pixel maps")
+        pixmaps = {
+            e.index: PixmapRef(e.index, p, b)
+            for e, p, b in zip(exposures, found.paths, bboxes, strict=True)
+        }
+        atomic_write_text(found.paths[0].parent / "grid.json", str(grid_fp))
     halo = kernel_halo(
         params.get("kernel", "square"), params.get("pixfrac", 1.0), grid.pixel_scale_ratio or 1.0
     )
-    if key in cache:
-        base: MosaicPlan = cache[key]
-        pixmaps = base.pixmaps
-    else:
-        folder = ctx.work_dir / "pixmaps" / grid_fp
-        stepsize = float(params.get("pixmap_stepsize", 1.0) or 1.0)
-        order = int(params.get("pixmap_order", 1) or 1)
-        tasks, paths = [], []
-        for e in exposures:
-            path = folder / f"{e.index:04d}_{e.name}_{key[1][e.index]}.npy"
-            paths.append(path)
-            tasks.append(
-                TaskSpec(
-                    "pixmap-exposure", e.name, _compute_pixmap, (e, grid.wcs, path, stepsize, order)
-                )
-            )
-        bboxes = run_tasks(
-            ctx.client, tasks, ctx.token, label=f"{stage}: pixel maps", progress=ctx.progress
-        )
-        pixmaps = {
-            e.index: PixmapRef(e.index, p, b)
-            for e, p, b in zip(exposures, paths, bboxes, strict=True)
-        }
-        atomic_write_text(folder / "grid.json", str(grid_fp))
     tile_shape = params.get("tile_shape")
     if tile_shape:
         tile_shape = (int(tile_shape[0]), int(tile_shape[1]))
     else:
         depth = _max_depth(grid, [p.bbox for p in pixmaps.values()])
-        mem = _worker_memory(ctx.client) or 4 * 2**30
+        mem = worker_memory(ctx.client) or 4 * 2**30
         tile_shape = auto_tile_shape(
             mem,
             grid.shape,
@@ -202,7 +293,7 @@ def make_plan(ctx, exposures: list[ExposureInfo], params: dict, stage: str) -> M
             pixel_scale_ratio=grid.pixel_scale_ratio or 1.0,
             n_ctx_planes=n_ctx_planes(len(exposures)),
         )
-        tile_shape = _enough_tiles(tile_shape, grid.shape, _total_threads(ctx.client))
+        tile_shape = _enough_tiles(tile_shape, grid.shape, total_threads(ctx.client))
     tiles = plan_tiles(grid.shape, tile_shape)
     overlaps = {
         t.name: [
@@ -215,7 +306,8 @@ def make_plan(ctx, exposures: list[ExposureInfo], params: dict, stage: str) -> M
     plan = MosaicPlan(
         grid=grid, tiles=tiles, halo=halo, pixmaps=pixmaps, overlaps=overlaps, grid_fp=grid_fp
     )
-    cache[key] = plan
+    if not isinstance(found, MosaicPlan):
+        ctx.plans[key] = plan
     if getattr(ctx, "monitor", None) is not None:
         ctx.notify("add_plan", plan, exposures, stage)
     log.info(
@@ -231,7 +323,8 @@ def make_plan(ctx, exposures: list[ExposureInfo], params: dict, stage: str) -> M
     return plan
 
 
-def _total_threads(client) -> int:
+def total_threads(client) -> int:
+    """Worker threads of the cluster (1 when it has none yet)."""
     try:
         return max(1, sum(client.nthreads().values()))
     except Exception:  # a client without workers yet
@@ -275,8 +368,3 @@ def _max_depth(grid: OutputGrid, bboxes) -> int:
         x0, x1, y0, y1 = (int(max(0, v) // step) for v in b)
         depth[y0 : y1 + 1, x0 : x1 + 1] += 1
     return max(1, int(depth.max()))
-
-
-def exposures_footprint_bbox(exposures: list[ExposureInfo], grid: OutputGrid):
-    """Bounding boxes of the exposures on the grid from their edges (no pixel map needed)."""
-    return [footprint_bbox(e.wcs, e.shape, grid.wcs) for e in exposures]

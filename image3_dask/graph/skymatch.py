@@ -36,7 +36,8 @@ import logging
 from typing import Any
 
 from image3_dask.errors import ConfigError, InputError
-from image3_dask.graph.tasks import TaskSpec, run_tasks
+from image3_dask.graph.handoff import StepData
+from image3_dask.graph.tasks import TaskSpec
 from image3_dask.io.catalog_files import file_root, read_skylist
 from image3_dask.io.exposures import ExposureInfo, read_pixels
 
@@ -155,6 +156,18 @@ def _user_levels(cfg: dict, exposures: list[ExposureInfo]) -> dict[int, tuple[fl
 
 
 def run(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
+    """:func:`submit` and wait for its tasks; return the exposures."""
+    out = submit(ctx, StepData(exposures)).exposures
+    ctx.finish_pending()
+    return out
+
+
+def submit(ctx, data: StepData) -> StepData:
+    """:func:`match_sky` on ``data.exposures`` (the client needs the levels to go on)."""
+    return data.evolve(exposures=match_sky(ctx, data.exposures))
+
+
+def match_sky(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
     """The skymatch step: per-exposure statistics in parallel, one solve, levels in the infos.
 
     Parameters
@@ -199,19 +212,15 @@ def run(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
             )
             for e in exposures
         ]
-        results = run_tasks(
-            ctx.client, tasks, ctx.token, label="skymatch: statistics", progress=ctx.progress
-        )
-        stats = {e.index: r for e, r in zip(exposures, results, strict=True)}
+        futures = ctx.submit(tasks)
+        stats = {e.index: f for e, f in zip(exposures, futures, strict=True)}
         spec = TaskSpec(
             "skymatch-solve",
             ctx.product_name,
             solve_task,
             (stats, units, method, bool(cfg["match_down"])),
         )
-        (solved,) = run_tasks(
-            ctx.client, [spec], ctx.token, label="skymatch: solve", progress=ctx.progress
-        )
+        (solved,) = ctx.run_now([spec], "skymatch: statistics and solve")
         levels = {i: (lv.level, lv.valid) for i, lv in solved.items()}
     out = _apply(exposures, levels, method, subtract)
     report = {

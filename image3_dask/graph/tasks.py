@@ -8,14 +8,25 @@ the token keeps the keys of two runs apart.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from image3_dask.errors import Image3Error
 
-__all__ = ["TaskSpec", "StepFailed", "run_tasks", "submit_tasks", "wait_tasks", "watch_tasks"]
+__all__ = [
+    "StepFailed",
+    "TaskLedger",
+    "TaskSpec",
+    "resumable",
+    "run_tasks",
+    "submit_tasks",
+    "wait_tasks",
+    "watch_tasks",
+]
 
 #: Run token -> callbacks ``(key, state)`` told when tasks are submitted and when they end.
 _watchers: dict[str, list[Callable[[tuple, str], None]]] = {}
@@ -50,6 +61,7 @@ def watch_tasks(token: str, callback: Callable[[tuple, str], None]) -> Callable[
 
 
 def _tell(token: str, keys, state: str) -> None:
+    """Tell the watchers of run ``token`` that the tasks ``keys`` are now in ``state``."""
     for cb in list(_watchers.get(token, ())):
         for key in keys:
             try:
@@ -64,13 +76,62 @@ class StepFailed(Image3Error):
 
 @dataclass
 class TaskSpec:
-    """One task: what to call, on what, and under which name."""
+    """One task: what to call, on what, and under which name.
+
+    Attributes
+    ----------
+    action : str
+        What the task does, as the dashboard groups it (``resample-tile``).
+    name : str
+        Which tile, exposure or product it does it for.
+    func : callable
+        The task.
+    kwargs : dict
+        Keyword arguments of ``func``; small values (paths, metadata, WCS objects) or futures
+        of earlier tasks, which Dask replaces by their results.
+    after : sequence of Future
+        Tasks that must have finished first although ``func`` does not read their results
+        (e.g. the tasks writing the files it reads).
+    """
 
     action: str
     name: str
     func: Callable
     args: tuple = ()
     kwargs: dict | None = None
+    after: Sequence[Any] = ()
+
+
+def _call_after(func: Callable, _after: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``func``; ``_after`` (the results of the tasks it waits for) is not used."""
+    return func(*args, **kwargs)
+
+
+def resumable(
+    *, manifest: Path, stage: str, name: str, fp: str, work: Callable[..., dict], **kwargs: Any
+) -> dict:
+    """Run ``work(**kwargs)`` unless the manifest of store ``manifest`` has ``stage/name`` done.
+
+    The one resume mechanism of the tile and exposure tasks: a task is done when the manifest
+    of the Zarr store it writes (:meth:`MosaicStore.mark_done`) holds its fingerprint (what its
+    result was made from: inputs, parameters). ``work`` returns a small JSON-able summary,
+    recorded with the fingerprint and returned again when the task is reused.
+
+    Returns
+    -------
+    dict
+        ``work``'s summary plus ``reused`` (whether it came from the manifest).
+    """
+    from image3_dask.io.mosaic_store import MosaicStore
+
+    store = MosaicStore(manifest)
+    if store.is_done(stage, name, fp):
+        done = store.done_info(stage, name)
+        done.pop("fingerprint", None)
+        return {**done, "reused": True}
+    info = work(**kwargs)
+    store.mark_done(stage, name, fp, info)
+    return {**info, "reused": False}
 
 
 def _bar(label: str, done: int, total: int, t0: float, stream) -> None:
@@ -105,8 +166,9 @@ def submit_tasks(client, tasks: Sequence[TaskSpec], token: str, retries: int = 1
     futures = []
     for t in tasks:
         key = (t.action, t.name, token)
+        func, args = (_call_after, (t.func, list(t.after), *t.args)) if t.after else (t.func, t.args)
         futures.append(
-            client.submit(t.func, *t.args, key=key, pure=False, retries=retries, **(t.kwargs or {}))
+            client.submit(func, *args, key=key, pure=False, retries=retries, **(t.kwargs or {}))
         )
     _tell(token, [f.key for f in futures], "waiting")
     return futures
@@ -207,3 +269,147 @@ def run_tasks(
         return []
     futures = submit_tasks(client, tasks, token, retries=retries)
     return wait_tasks(client, futures, tasks, token, label=label, progress=progress, stream=stream)
+
+
+class TaskLedger:
+    """Every task of a run, submitted as soon as it can be and awaited only where needed.
+
+    Steps submit their tasks with futures of earlier tasks as arguments or in
+    :attr:`TaskSpec.after`, so that a tile starts as soon as what it reads is written, whatever
+    step that belongs to; the client waits (:meth:`wait`) only for results it must look at
+    (an alignment to plan the output grid, a background mesh to finish), and for everything
+    at the end of the run (:meth:`finish`). When a task fails, the tasks that depend on it fail
+    with it; :meth:`wait` then names the first task that failed, in submission order.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        Where the tasks run.
+    token : str
+        Run token, the last element of every key.
+    progress : bool
+        Draw progress lines while waiting.
+    """
+
+    def __init__(self, client, token: str, progress: bool = True):
+        self.client = client
+        self.token = token
+        self.progress = progress
+        self._entries: list[tuple[TaskSpec, Any]] = []
+        self._told: set = set()
+        self._lock = threading.Lock()
+        #: Name given to the tasks submitted from now on (the pipeline sets the step's name).
+        self.step = ""
+        self._step_of: dict[Any, str] = {}
+        self._done_at: dict[Any, float] = {}
+
+    def submit(self, tasks: Sequence[TaskSpec], retries: int = 1) -> list:
+        """Submit ``tasks`` now; return their futures, in order (nothing is awaited)."""
+        futures = submit_tasks(self.client, tasks, self.token, retries=retries)
+        with self._lock:
+            self._entries.extend(zip(tasks, futures, strict=True))
+            self._step_of.update((f.key, self.step) for f in futures)
+        for f in futures:
+            f.add_done_callback(self._on_done)
+        return futures
+
+    def submit_one(self, task: TaskSpec, retries: int = 1):
+        """:meth:`submit` for one task; returns its future."""
+        return self.submit([task], retries=retries)[0]
+
+    def _on_done(self, fut) -> None:
+        state = {"finished": "done", "error": "failed", "cancelled": "cancelled"}.get(
+            fut.status, fut.status
+        )
+        with self._lock:
+            if fut.key in self._told:
+                return
+            self._told.add(fut.key)
+            self._done_at[fut.key] = time.perf_counter()
+        _tell(self.token, [fut.key], state)
+
+    def last_done(self, step: str) -> float | None:
+        """When the last task of ``step`` that has finished ended (``time.perf_counter``)."""
+        with self._lock:
+            times = [t for k, t in self._done_at.items() if self._step_of.get(k) == step]
+        return max(times) if times else None
+
+    def outstanding(self) -> list[tuple[TaskSpec, Any]]:
+        """Tasks submitted and not yet known to be finished."""
+        with self._lock:
+            return [(t, f) for t, f in self._entries if f.status not in ("finished", "cancelled")]
+
+    def _first_failure(self) -> StepFailed | None:
+        with self._lock:
+            entries = list(self._entries)
+        for spec, fut in entries:
+            if fut.status == "error":
+                exc = fut.exception()
+                if isinstance(exc, Image3Error):
+                    return StepFailed(f"{spec.action} {spec.name}: {exc}")
+                err = StepFailed(f"{spec.action} {spec.name} failed: {type(exc).__name__}: {exc}")
+                err.__cause__ = exc
+                return err
+        return None
+
+    def wait(self, futures: Sequence[Any], label: str) -> list[Any]:
+        """Wait for ``futures`` (of this ledger) with a progress line; return their results.
+
+        Raises
+        ------
+        StepFailed
+            Naming the first task of the run that failed (the cause when the awaited tasks
+            failed because a task they depend on did).
+        """
+        from distributed import as_completed
+
+        if not futures:
+            return []
+        specs = {f.key: t for t, f in self._entries_for(futures)}
+        t0 = time.perf_counter()
+        stream = sys.stderr if self.progress else None
+        if stream is not None:
+            _bar(label, 0, len(futures), t0, stream)
+        for done, fut in enumerate(as_completed(futures), start=1):
+            if fut.status != "finished":
+                break
+            if stream is not None:
+                _bar(label, done, len(futures), t0, stream)
+        if stream is not None:
+            stream.write("\n")
+            stream.flush()
+        if any(f.status == "error" for f in futures):
+            failure = self._first_failure()
+            if failure is None:  # pragma: no cover - an erred future is in the ledger
+                bad = next(f for f in futures if f.status == "error")
+                failure = StepFailed(f"{specs[bad.key].action} {specs[bad.key].name} failed")
+            raise failure
+        if any(f.status == "cancelled" for f in futures):
+            raise StepFailed(f"{label}: tasks were cancelled")
+        return self.client.gather(list(futures))
+
+    def results(self, futures: Sequence[Any]) -> list[Any]:
+        """The results of finished ``futures`` (after :meth:`finish`)."""
+        return self.client.gather(list(futures)) if futures else []
+
+    def _entries_for(self, futures: Sequence[Any]) -> list[tuple[TaskSpec, Any]]:
+        keys = {f.key for f in futures}
+        with self._lock:
+            return [(t, f) for t, f in self._entries if f.key in keys]
+
+    def finish(self, label: str = "finishing") -> None:
+        """Wait for every task submitted so far (and those they submit meanwhile)."""
+        while True:
+            pending = [f for _, f in self.outstanding()]
+            if not pending:
+                return
+            self.wait(pending, label)
+
+    def cancel(self) -> None:
+        """Cancel every task not finished (the run failed); never raises."""
+        pending = [f for _, f in self.outstanding()]
+        if pending:
+            try:
+                self.client.cancel(pending)
+            except Exception:  # the cluster may be gone already
+                pass

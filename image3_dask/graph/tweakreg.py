@@ -33,7 +33,8 @@ from astropy.table import Table
 
 from image3_dask.algorithms.align import wcs_bounding_box
 from image3_dask.errors import ConfigError
-from image3_dask.graph.tasks import TaskSpec, run_tasks
+from image3_dask.graph.handoff import StepData
+from image3_dask.graph.tasks import TaskSpec
 from image3_dask.io.catalog_files import (
     GAIA_CATALOGS,
     catalog_output_name,
@@ -387,6 +388,15 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def _log_catalogs(exposures: list[ExposureInfo], catalogs: list, n_groups: int) -> None:
+    for e, cat in zip(exposures, catalogs, strict=True):
+        if len(cat) == 0:
+            log.warning("No sources found in %s.", e.path.name)
+        else:
+            log.info("Detected %d sources in %s.", len(cat), e.path.name)
+    log.info("Number of image groups to be aligned: %d.", n_groups)
+
+
 def _record(ctx, cfg: dict, report: dict) -> None:
     report = _jsonable(report)
     ctx.products["tweakreg"] = report
@@ -397,21 +407,35 @@ def _record(ctx, cfg: dict, report: dict) -> None:
 
 
 def run(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
+    """:func:`submit` and wait for its tasks; return the exposures."""
+    out = submit(ctx, StepData(exposures)).exposures
+    ctx.finish_pending()
+    return out
+
+
+def submit(ctx, data: StepData) -> StepData:
     """The tweakreg step: catalogs in parallel, one alignment task, corrected gwcs per exposure.
+
+    The alignment task takes the catalog tasks' results directly; the client waits for the
+    alignment only (the next steps plan their grids from the corrected WCS).
 
     Parameters
     ----------
     ctx : RunContext
         The run (client, parameters, output folder).
-    exposures : list of ExposureInfo
+    data : StepData
         The exposures, in association order.
 
     Returns
     -------
-    list of ExposureInfo
+    StepData
         The exposures, with ``wcs`` and ``meta['s_region']`` updated where the fit succeeded
         and ``meta['cal_step_tweakreg']`` set to ``COMPLETE`` or ``SKIPPED``.
     """
+    return data.evolve(exposures=_align(ctx, data.exposures))
+
+
+def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
     cfg = dict(ctx.config["tweakreg"])
     refcat = _refcat(cfg)  # fail on a bad abs_refcat before any work
     group_ids = [e.group_id for e in exposures]
@@ -450,19 +474,13 @@ def run(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
                 (e.path, e.name, params, wcs_bounding_box(e.wcs), cat, save_to, fmt),
             )
         )
-    catalogs = run_tasks(
-        ctx.client, tasks, ctx.token, label="tweakreg: catalogs", progress=ctx.progress
-    )
-    for e, cat in zip(exposures, catalogs, strict=True):
-        if len(cat) == 0:
-            log.warning("No sources found in %s.", e.path.name)
-        else:
-            log.info("Detected %d sources in %s.", len(cat), e.path.name)
     if cfg["save_catalogs"]:
         ctx.products["tweakreg_catalogs"] = [t.args[5] for t in tasks if t.args[5] is not None]
-    log.info("Number of image groups to be aligned: %d.", n_groups)
     if refcat is None and n_groups < 2:
+        catalogs = ctx.run_now(tasks, "tweakreg: catalogs")
+        _log_catalogs(exposures, catalogs, n_groups)
         return skipped("At least two exposure groups are required for relative alignment.")
+    catalogs = ctx.submit(tasks)
 
     spec = TaskSpec(
         "tweakreg-align",
@@ -477,9 +495,9 @@ def run(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
         ),
         {"align_mode": cfg["align_mode"], "params": cfg, "refcat": refcat},
     )
-    (result,) = run_tasks(
-        ctx.client, [spec], ctx.token, label="tweakreg: align", progress=ctx.progress
-    )
+    (result,) = ctx.run_now([spec], "tweakreg: catalogs and alignment")
+    catalogs = ctx.tasks.results(catalogs)
+    _log_catalogs(exposures, catalogs, n_groups)
     for msg in result["warnings"]:
         log.warning("tweakreg: %s", msg)
     report = {

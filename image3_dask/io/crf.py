@@ -176,26 +176,28 @@ def save_model_atomic(model, path: str | os.PathLike) -> Path:
 
 
 def write_crf(
-    source: str | os.PathLike,
+    source,
     out_path: str | os.PathLike,
     *,
     arrays: Mapping[str, np.ndarray | None] | None = None,
     wcs=None,
     background: Mapping[str, Any] | None = None,
     cal_steps: Mapping[str, str] | None = None,
+    s_region: str | None = None,
 ) -> Path:
-    """Write ``<exposure>_<asn_id>_crf.fits`` from the exposure file ``source``.
+    """Write ``<exposure>_<asn_id>_crf.fits`` from an exposure.
 
     A copy of the source model (every extension and all metadata) with the changes of
     :func:`update_crf_model`, saved atomically.
 
     Parameters
     ----------
-    source : path-like
-        The exposure's current file (its cal file, or a product that replaced it).
+    source : path-like or stdatamodels.jwst.datamodels.ImageModel
+        The exposure's current file (its cal file, or a product that replaced it), or that
+        file already opened with :func:`open_for_crf` (changed in place, not closed).
     out_path : path-like
         The crf file to write.
-    arrays, wcs, background, cal_steps
+    arrays, wcs, background, cal_steps, s_region
         See :func:`update_crf_model`.
 
     Returns
@@ -204,7 +206,8 @@ def write_crf(
         ``out_path``.
     """
     out_path = Path(out_path)
-    model = open_for_crf(source)
+    opened = isinstance(source, (str, os.PathLike))
+    model = open_for_crf(source) if opened else source
     try:
         update_crf_model(
             model,
@@ -212,8 +215,10 @@ def write_crf(
             wcs=wcs,
             background=background,
             cal_steps=cal_steps,
+            s_region=s_region,
             filename=out_path.name,
         )
         return save_model_atomic(model, out_path)
     finally:
-        model.close()
+        if opened:
+            model.close()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from image3_dask.graph.tasks import TaskLedger, TaskSpec
 from image3_dask.io.asn import Association
 from image3_dask.pipeline.config import PipelineConfig
 
@@ -40,14 +42,18 @@ class RunContext:
     products : dict
         Product kind -> path, filled in by the steps.
     shared : dict
-        Plans that several steps reuse (output grid, tiles, pixel maps).
+        Results of the steps kept for the caller (e.g. the catalog table).
+    plans : dict
+        Mosaic plans (output grid, tiles, pixel maps) by grid and WCS fingerprints, shared by
+        outlier detection and resample (:func:`image3_dask.graph.plan.make_plan`).
     monitor : MosaicMonitor, optional
         Told of every plan and tiling (:mod:`image3_dask.service.mosaic_page`), when the run
         is watched.
-    pending : list
-        Work submitted by a step that later steps need not wait for (e.g. streaming the i2d
-        FITS file while the catalog runs): ``(label, tasks, futures)``, awaited by
-        :meth:`finish_pending` at the end of the run.
+    tasks : TaskLedger
+        Every task of the run: steps submit through it without waiting
+        (:meth:`TaskLedger.submit`), wait where the client needs a result
+        (:meth:`TaskLedger.wait`), and the run waits for the rest at the end
+        (:meth:`finish_pending`).
     """
 
     client: Any
@@ -59,34 +65,50 @@ class RunContext:
     progress: bool = True
     products: dict[str, Any] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)
+    plans: dict[tuple, Any] = field(default_factory=dict)
     monitor: Any = None
-    pending: list[tuple[str, list, list]] = field(default_factory=list)
+    tasks: TaskLedger = field(init=False)
+    _finishers: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False)
 
-    def defer(self, label: str, tasks: list) -> list:
-        """Submit ``tasks`` now and wait for them only in :meth:`finish_pending`."""
-        from image3_dask.graph.tasks import submit_tasks
+    def __post_init__(self) -> None:
+        self.tasks = TaskLedger(self.client, self.token, progress=self.progress)
 
-        futures = submit_tasks(self.client, tasks, self.token)
-        self.pending.append((label, list(tasks), futures))
-        return futures
+    def submit(self, tasks: list[TaskSpec]) -> list:
+        """Submit ``tasks`` now (nothing awaited); return their futures."""
+        return self.tasks.submit(tasks)
+
+    def wait(self, futures: list, label: str) -> list:
+        """Wait for ``futures`` and return their results (see :meth:`TaskLedger.wait`)."""
+        return self.tasks.wait(futures, label)
+
+    def run_now(self, tasks: list[TaskSpec], label: str) -> list:
+        """Submit ``tasks`` and wait for their results."""
+        return self.tasks.wait(self.tasks.submit(tasks), label)
+
+    @property
+    def pending(self) -> list:
+        """Futures submitted and not finished yet."""
+        return [f for _, f in self.tasks.outstanding()]
+
+    def on_finish(self, report: Callable[[], None]) -> None:
+        """Call ``report()`` once every task has finished (to log or record their results)."""
+        self._finishers.append(report)
 
     def finish_pending(self) -> None:
-        """Wait for the deferred tasks (progress line per batch); raise if one failed."""
-        from image3_dask.graph.tasks import wait_tasks
+        """Wait for every task submitted so far, then run the :meth:`on_finish` reports.
 
-        while self.pending:
-            label, tasks, futures = self.pending[0]
-            wait_tasks(self.client, futures, tasks, self.token, label=label, progress=self.progress)
-            self.pending.pop(0)
+        Raises
+        ------
+        StepFailed
+            Naming the first task that failed.
+        """
+        self.tasks.finish("finishing")
+        while self._finishers:
+            self._finishers.pop(0)()
 
     def cancel_pending(self) -> None:
-        """Cancel the deferred tasks (the run failed); never raises."""
-        for _, _, futures in self.pending:
-            try:
-                self.client.cancel(futures)
-            except Exception as exc:  # the cluster may be gone already
-                log.debug("cancelling deferred tasks failed: %s", exc)
-        self.pending.clear()
+        """Cancel the tasks not finished (the run failed); never raises."""
+        self.tasks.cancel()
 
     def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Call ``monitor.<method>(*args, **kwargs)`` when the run is watched; never raises."""

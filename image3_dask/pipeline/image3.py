@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from image3_dask.errors import ConfigError, Image3Error, StepNotAvailableError
+from image3_dask.graph.handoff import StepData
 from image3_dask.graph.tasks import TaskSpec, run_tasks
 from image3_dask.io.asn import resolve_inputs
 from image3_dask.io.exposures import precheck_files, read_exposures, try_read_exposure_info
@@ -25,7 +26,7 @@ log = logging.getLogger("image3_dask")
 
 __all__ = ["Image3Pipeline", "OutputLockedError", "STEP_MODULES", "step_available"]
 
-#: Module implementing each step as ``run(ctx, exposures) -> exposures``.
+#: Module implementing each step as ``submit(ctx, StepData) -> StepData`` (and ``run``).
 STEP_MODULES = {
     "tweakreg": "image3_dask.graph.tweakreg",
     "skymatch": "image3_dask.graph.skymatch",
@@ -50,13 +51,13 @@ def step_available(step: str) -> bool:
     return True
 
 
-def _step_runner(step: str):
+def _step_module(step: str):
     if not step_available(step):
         raise StepNotAvailableError(
             f"step {step} is not available in this version of image3-dask; "
             f"skip it with --steps.{step}.skip=true"
         )
-    return importlib.import_module(STEP_MODULES[step]).run
+    return importlib.import_module(STEP_MODULES[step])
 
 
 class _OutputLock:
@@ -178,7 +179,7 @@ class Image3Pipeline:
         asn = resolve_inputs(inputs, product_name)
         for step in STEP_ORDER:
             if not self.config[step].skip:
-                _step_runner(step)  # fail before any work when a step is unavailable
+                _step_module(step)  # fail before any work when a step is unavailable
         precheck_files(asn.members)  # missing or non-FITS members fail before a cluster starts
         output_dir = Path(output_dir).resolve()
         timings: dict[str, float] = {}
@@ -247,18 +248,7 @@ class Image3Pipeline:
             )
             ctx.products["dashboard"] = link
             try:
-                for step in STEP_ORDER:
-                    if self.config[step].skip:
-                        log.info("Step %s skipped", step)
-                        continue
-                    t0 = time.perf_counter()
-                    log.info("Step %s running on %d exposures", step, len(exposures))
-                    exposures = _step_runner(step)(ctx, exposures)
-                    timings[step] = time.perf_counter() - t0
-                    log.info("Step %s done in %.1f s", step, timings[step])
-                t0 = time.perf_counter()
-                ctx.finish_pending()  # e.g. the i2d FITS streamed while the catalog ran
-                log.debug("waited %.1f s for deferred tasks", time.perf_counter() - t0)
+                exposures = _submit_steps(ctx, exposures, timings).exposures
             except BaseException:
                 ctx.cancel_pending()
                 raise
@@ -267,6 +257,50 @@ class Image3Pipeline:
         ctx.products["timings"] = timings
         ctx.products["exposures"] = exposures
         return ctx.products
+
+
+def _submit_steps(ctx: RunContext, exposures: list, timings: dict) -> StepData:
+    """Submit the steps in order, then wait for all their tasks; fill ``timings``.
+
+    A step returns once its tasks are submitted, except where the client needs their results
+    to go on (the alignment, the sky levels, the catalog's joins), so the tasks of consecutive
+    steps overlap. As soon as the exposures' WCS are final (after tweakreg), the later steps'
+    ``prepare`` starts their pixel maps. ``timings[step]``: from the step's start until its
+    last task ended.
+    """
+    data = StepData(list(exposures))
+    started: dict[str, float] = {}
+    submitted: dict[str, float] = {}
+    prepared = False
+    for step in STEP_ORDER:
+        if ctx.config[step].skip:
+            log.info("Step %s skipped", step)
+            continue
+        if step != "tweakreg" and not prepared:  # the WCS are final from here on
+            _prepare_steps(ctx, STEP_ORDER[STEP_ORDER.index(step) :], data)
+            prepared = True
+        module = _step_module(step)
+        started[step] = time.perf_counter()
+        ctx.tasks.step = step
+        log.info("Step %s running on %d exposures", step, len(data.exposures))
+        data = module.submit(ctx, data)
+        submitted[step] = time.perf_counter()
+    ctx.tasks.step = ""
+    ctx.finish_pending()
+    for step, t0 in started.items():
+        end = max(submitted[step], ctx.tasks.last_done(step) or 0.0)
+        timings[step] = end - t0
+        log.info("Step %s done in %.1f s", step, timings[step])
+    return data
+
+
+def _prepare_steps(ctx: RunContext, steps, data: StepData) -> None:
+    """Let ``steps`` start what needs only the exposures' final WCS (their pixel maps)."""
+    for step in steps:
+        module = _step_module(step)
+        if not ctx.config[step].skip and hasattr(module, "prepare"):
+            ctx.tasks.step = step
+            module.prepare(ctx, data.exposures)
 
 
 def _start_mosaic_page(client, token: str, port: int | None, progress: bool):

@@ -161,8 +161,11 @@ EXTRA_SPECS: dict[str, str] = {
         align_mode = option('auto', 'global', 'official', default='auto')  # [image3-dask] 'official' aligns every group to one reference group as jwst does; 'global' solves all groups together from every overlapping pair; 'auto' uses global when the groups do not all overlap one another
 """,
     "skymatch": "",
-    "outlier_detection": "",
+    "outlier_detection": """
+        pixmap_max_error = float(min=0.0, default=0.01)  # [image3-dask] with pixmap_stepsize=1, pixel maps are interpolated from a 16-pixel grid when checked to be within this many output pixels of the exact WCS (else evaluated at every pixel); 0 evaluates the WCS at every pixel as jwst does
+""",
     "resample": """
+        pixmap_max_error = float(min=0.0, default=0.01)  # [image3-dask] with pixmap_stepsize=1, pixel maps are interpolated from a 16-pixel grid when checked to be within this many output pixels of the exact WCS (else evaluated at every pixel); 0 evaluates the WCS at every pixel as jwst does
         tile_shape = int_list(min=2, max=2, default=None)  # [image3-dask] output tile size [ny, nx]; chosen from worker memory when unset
         max_output_pixels = integer(default=400000000)  # [image3-dask] refuse output grids larger than this many pixels
 """,

@@ -1,0 +1,87 @@
+"""Drizzle inputs of an output region: the crops of the exposures that reach it.
+
+Shared by the tile tasks of outlier detection (single drizzles) and of resample.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from image3_dask.algorithms.drizzle_tile import DrizzleInput, build_weight
+from image3_dask.algorithms.outlier_flags import match_nans_and_flags
+from image3_dask.algorithms.pixmap import input_range, local_range, pixmap_for_region
+from image3_dask.graph.plan import PixmapRef
+from image3_dask.io.exposures import ExposureInfo, read_pixels
+
+__all__ = ["drizzle_inputs_for_region", "time_for_weight"]
+
+
+def time_for_weight(info: ExposureInfo) -> float:
+    """The exposure time that ``weight_type='exptime'`` weights by (measurement time if known)."""
+    mt = info.meta.get("measurement_time")
+    return float(mt if mt is not None else info.exptime)
+
+
+def drizzle_inputs_for_region(
+    entries: list[tuple[ExposureInfo, PixmapRef]],
+    region: tuple[int, int, int, int],
+    halo: int,
+    *,
+    weight_type: str | None,
+    good_bits,
+    read_var: bool = True,
+    read_err: bool = False,
+) -> list[DrizzleInput]:
+    """Read, for each exposure, the pixels reaching ``region`` and build drizzle inputs.
+
+    Parameters
+    ----------
+    entries : list of (ExposureInfo, PixmapRef)
+        Exposures in association order (the order fixes the floating-point sums).
+    region : (y0, y1, x0, x1)
+        The output region to drizzle (a tile grown by the halo).
+    halo : int
+        Reach of one input pixel on the output grid.
+    """
+    y0, y1, x0, x1 = region
+    inputs = []
+    arrays = ("data", "dq") + (
+        ("var_rnoise", "var_poisson", "var_flat") if read_var else ("var_rnoise",)
+    )
+    if read_err:
+        arrays += ("err",)
+    for info, ref in entries:
+        pm = np.load(ref.path, mmap_mode="r")
+        found = pixmap_for_region(pm, y0, y1, x0, x1, halo)
+        if found is None:
+            continue
+        slices, local = found
+        rng = local_range(input_range(info.shape, getattr(info.wcs, "bounding_box", None)), slices)
+        if rng is None:
+            continue
+        pix = read_pixels(info.path, arrays=arrays, region=slices)
+        dq, (sci, err, vr, vp, vf) = match_nans_and_flags(
+            pix.dq, pix.data, pix.err, pix.var_rnoise, pix.var_poisson, pix.var_flat
+        )
+        weight = build_weight(
+            dq, vr, weight_type=weight_type, good_bits=good_bits, exptime=time_for_weight(info)
+        )
+        inputs.append(
+            DrizzleInput(
+                sci=sci,
+                pixmap=local,
+                ctx_id=info.index,
+                exptime=info.exptime or 1.0,
+                weight=weight,
+                var_rnoise=vr,
+                var_poisson=vp,
+                var_flat=vf,
+                err=err,
+                dq=dq,
+                measurement_time=info.meta.get("measurement_time"),
+                background_level=info.background_level,
+                background_subtracted=info.background_subtracted,
+                in_range=rng,
+            )
+        )
+    return inputs
