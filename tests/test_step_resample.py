@@ -224,14 +224,6 @@ def straddling_dither(tmp_path_factory):
 _WHOLE_FRAME: dict = {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 13 item 5: input pixels straddling a mosaic edge are kept by the full-frame "
-    "drizzle (its pixel map is NaN next to the WCS bounding box, so drizzle's scanner falls back "
-    "to clipping pixel by pixel) but dropped by tiles whose crop has no NaN column; the fix is in "
-    "drizzle_inputs_for_region / pixmap.py (see the issue)",
-)
 @pytest.mark.parametrize(
     "data,output_shape,tile_shape",
     [

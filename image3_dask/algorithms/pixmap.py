@@ -23,6 +23,8 @@ __all__ = [
     "input_range",
     "local_range",
     "pixmap_for_region",
+    "scanner_maps_corners",
+    "without_scanner_clip",
 ]
 
 
@@ -311,3 +313,60 @@ def pixmap_for_region(
     local[..., 0] -= x0
     local[..., 1] -= y0
     return slices, local
+
+
+def _maps_point(pixmap: np.ndarray, x: float, y: float) -> bool:
+    # drizzle's interpolate_point: bilinear on the 2x2 block at (int(x), int(y)), clamped to
+    # [0, n - 2] (extrapolation at the edges); NaN when any of the 4 values is NaN
+    ny, nx = pixmap.shape[:2]
+    i0 = min(max(int(x), 0), nx - 2)
+    j0 = min(max(int(y), 0), ny - 2)
+    return bool(np.isfinite(pixmap[j0 : j0 + 2, i0 : i0 + 2]).all())
+
+
+def scanner_maps_corners(pixmap: np.ndarray, rng: tuple[int, int, int, int]) -> bool:
+    """Whether drizzle maps the four corners of the input range ``rng`` through ``pixmap``.
+
+    drizzle (``init_image_scanner``) maps the corners of the input range to the output frame
+    to find the input pixels lying entirely inside the output array, and drops the others
+    (pixels straddling an output edge). When a corner maps to NaN (the pixel map is NaN next
+    to the WCS bounding box) it scans every pixel of the range instead and clips each one to
+    the output array, so pixels straddling an output edge contribute their inner part.
+    """
+    xmin, xmax, ymin, ymax = rng
+    return all(
+        _maps_point(pixmap, x, y)
+        for x in (xmin - 0.5, xmax + 0.5)
+        for y in (ymin - 0.5, ymax + 0.5)
+    )
+
+
+def without_scanner_clip(
+    local: np.ndarray,
+    rng: tuple[int, int, int, int],
+    slices: tuple[slice, slice],
+    full_shape: Sequence[int],
+) -> tuple[int, int, int, int]:
+    """Make drizzle's corner mapping fail on a crop, as it fails on the whole exposure.
+
+    Sets the outer column (or row) of the crop ``local`` to NaN, on a side where
+    :func:`pixmap_for_region` cut the crop inside the exposure (its two outer columns are
+    then margin pixels, which reach no output pixel of the region), and returns the range
+    without it. ``local`` is modified in place.
+    """
+    xmin, xmax, ymin, ymax = rng
+    ny, nx = local.shape[:2]
+    sy, sx = slices
+    if sx.start > 0 and xmin == 0 and nx > 2:
+        local[:, 0] = np.nan
+        return (1, xmax, ymin, ymax)
+    if sx.stop < full_shape[1] and xmax == nx - 1 and nx > 2:
+        local[:, -1] = np.nan
+        return (xmin, nx - 2, ymin, ymax)
+    if sy.start > 0 and ymin == 0 and ny > 2:
+        local[0] = np.nan
+        return (xmin, xmax, 1, ymax)
+    if sy.stop < full_shape[0] and ymax == ny - 1 and ny > 2:
+        local[-1] = np.nan
+        return (xmin, xmax, ymin, ny - 2)
+    return rng

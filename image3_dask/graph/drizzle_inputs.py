@@ -9,7 +9,13 @@ import numpy as np
 
 from image3_dask.algorithms.drizzle_tile import DrizzleInput, build_weight
 from image3_dask.algorithms.outlier_flags import match_nans_and_flags
-from image3_dask.algorithms.pixmap import input_range, local_range, pixmap_for_region
+from image3_dask.algorithms.pixmap import (
+    input_range,
+    local_range,
+    pixmap_for_region,
+    scanner_maps_corners,
+    without_scanner_clip,
+)
 from image3_dask.graph.plan import PixmapRef
 from image3_dask.io.exposures import ExposureInfo, read_pixels
 
@@ -56,9 +62,13 @@ def drizzle_inputs_for_region(
         if found is None:
             continue
         slices, local = found
-        rng = local_range(input_range(info.shape, getattr(info.wcs, "bounding_box", None)), slices)
+        full_rng = input_range(info.shape, getattr(info.wcs, "bounding_box", None))
+        rng = local_range(full_rng, slices)
         if rng is None:
             continue
+        if not scanner_maps_corners(pm, full_rng) and scanner_maps_corners(local, rng):
+            # the full-frame drizzle keeps the input pixels straddling the mosaic's edges
+            rng = without_scanner_clip(local, rng, slices, pm.shape[:2])
         pix = read_pixels(info.path, arrays=arrays, region=slices)
         dq, (sci, err, vr, vp, vf) = match_nans_and_flags(
             pix.dq, pix.data, pix.err, pix.var_rnoise, pix.var_poisson, pix.var_flat
