@@ -546,6 +546,7 @@ def global_align(
     fitgeometry: str = "rshift",
     nclip: int = 3,
     sigma: float = 3.0,
+    apply: bool = True,
 ) -> AlignResult:
     """Align all groups together from every overlapping pair of groups.
 
@@ -575,6 +576,11 @@ def global_align(
         Clipping rounds.
     sigma : float, optional
         Clipping limit in units of the fit RMS.
+    apply : bool, optional
+        Insert the corrections into the WCSs. When False the WCSs are returned unchanged and
+        ``extra`` holds ``'corrections'`` (exposure index -> ``(matrix, shift)``) and
+        ``'tangent_plane'`` (the reference corrector), for :func:`apply_correction` to be
+        called elsewhere (e.g. one task per exposure).
 
     Returns
     -------
@@ -653,7 +659,8 @@ def global_align(
 
     out_wcs = []
     infos = []
-    for w, info, g, n in zip(wcses, wcsinfos, group_ids, names, strict=True):
+    corrections: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for i, (w, info, g, n) in enumerate(zip(wcses, wcsinfos, group_ids, names, strict=True)):
         s = sols[gindex[g]]
         fi: dict[str, Any] = {"status": s.status, "group_id": g}
         if s.status in ("SUCCESS", "REFERENCE"):
@@ -668,12 +675,20 @@ def global_align(
                 npairs=s.npairs,
                 fitgeom=fitgeometry,
             )
-        if s.status == "SUCCESS":
+        if s.status == "SUCCESS" and apply:
             out_wcs.append(apply_correction(w, info, s.matrix, s.shift, ref))
+        elif s.status == "SUCCESS":
+            out_wcs.append(w)
+            corrections[i] = (s.matrix.copy(), s.shift.copy())
         else:
             out_wcs.append(w)
             if s.status != "REFERENCE":
                 log.warning("Exposure %s (group %s) not aligned: %s", n, g, s.status)
         infos.append(fi)
-    extra = {"pairs": [(order[p.a], order[p.b], p.n) for p in pairs], "group_order": order}
+    extra: dict[str, Any] = {
+        "pairs": [(order[p.a], order[p.b], p.n) for p in pairs],
+        "group_order": order,
+    }
+    if not apply:
+        extra.update(corrections=corrections, tangent_plane=ref)
     return AlignResult(wcs=out_wcs, fit_info=infos, success=True, mode="global", extra=extra)

@@ -680,6 +680,13 @@ def _groups(
     return out
 
 
+def write_segm_task(i2d_meta, segm_store: Path, out: Path) -> str:
+    """Task: ``<product>_segm.fits`` streamed from the segmentation plane of ``segm_store``."""
+    write_segm(segm_model_from_i2d(i2d_meta, out.name), segm_store, out)
+    log.info("Wrote segmentation map: %s", out.name)
+    return str(out)
+
+
 def _existing_mosaic(ctx) -> tuple[Path | None, Path | None]:
     """The i2d file (and its Zarr store) of an earlier run, when resample did not run now."""
     candidate = ctx.product_path("i2d")
@@ -725,7 +732,8 @@ def submit(ctx, data: StepData) -> StepData:
     mosaic = data.mosaic
     if mosaic is not None:
         i2d, store = mosaic.i2d, mosaic.store
-        meta, shape = mosaic.model.copy(), tuple(mosaic.shape)
+        (meta,) = ctx.wait([mosaic.model], "source_catalog: mosaic metadata")
+        shape = tuple(mosaic.shape)
     else:
         i2d, store = _existing_mosaic(ctx)
         if i2d is None:
@@ -799,12 +807,22 @@ def submit(ctx, data: StepData) -> StepData:
     log.info("source_catalog: %d sources", len(catalog))
     if not cfg.get("save_results", True):
         return data
-    cat_path = write_catalog(catalog, ctx.product_path("cat", "ecsv"))
-    log.info("Wrote source catalog: %s", cat_path)
+    cat_path = ctx.product_path("cat", "ecsv")
     segm_path = ctx.product_path("segm")
     meta.meta.source_catalog = cat_path.name  # as jwst sets it before copying the metadata
-    write_segm(segm_model_from_i2d(meta, segm_path.name), segm_store, segm_path)
-    log.info("Wrote segmentation map: %s", segm_path.name)
+    ctx.submit(
+        [
+            TaskSpec(
+                "catalog-segm-fits",
+                ctx.product_name,
+                write_segm_task,
+                (meta, segm_store, segm_path),
+                priority=1,
+            )
+        ]
+    )
+    write_catalog(catalog, cat_path)  # while a worker writes the segmentation map
+    log.info("Wrote source catalog: %s", cat_path)
     ctx.products["cat"] = cat_path
     ctx.products["segm"] = segm_path
     if segm_store == store:

@@ -5,6 +5,8 @@ Shared by the tile tasks of outlier detection (single drizzles) and of resample.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from image3_dask.algorithms.drizzle_tile import DrizzleInput, build_weight
@@ -19,7 +21,31 @@ from image3_dask.algorithms.pixmap import (
 from image3_dask.graph.plan import PixmapRef
 from image3_dask.io.exposures import ExposureInfo, read_pixels
 
-__all__ = ["drizzle_inputs_for_region", "time_for_weight"]
+__all__ = ["drizzle_inputs_for_region", "light", "time_for_weight"]
+
+
+@dataclass(frozen=True)
+class _BBoxOnly:
+    """Stands for an exposure's gwcs in tile tasks, which only need its bounding box."""
+
+    bounding_box: tuple | None
+
+
+def light(info: ExposureInfo) -> ExposureInfo:
+    """A copy of ``info`` whose WCS is reduced to its bounding box (cheap to send to tasks).
+
+    Pickling a gwcs costs ~10 ms and tens of kB; a tile task receives every exposure that
+    overlaps it, and only :func:`drizzle_inputs_for_region`
+    reads the WCS, for its bounding box.
+    """
+    bb = getattr(info.wcs, "bounding_box", None)
+    if bb is not None:
+        try:
+            bb = bb.bounding_box(order="F")
+        except AttributeError:
+            pass
+        bb = tuple(tuple(float(v) for v in interval) for interval in bb)
+    return info.evolve(wcs=_BBoxOnly(bb))
 
 
 def time_for_weight(info: ExposureInfo) -> float:

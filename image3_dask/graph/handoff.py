@@ -27,8 +27,9 @@ class Mosaic:
         ``<product>_i2d.fits`` (written by :attr:`fits`).
     store : Path
         The mosaic's Zarr store (planes ``sci``, ``err``, ``wht``...), written tile by tile.
-    model : stdatamodels.jwst.datamodels.ImageModel
-        The i2d's metadata (arrays are streamed from the store).
+    model : Future
+        Of the i2d's metadata, a ``stdatamodels.jwst.datamodels.ImageModel`` (its arrays are
+        streamed from the store).
     shape : tuple of int
         ``(ny, nx)`` of the mosaic.
     tiles : dict

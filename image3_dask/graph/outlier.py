@@ -36,6 +36,7 @@ from pathlib import Path
 
 from image3_dask.algorithms.tiles import Tile, plan_tiles
 from image3_dask.errors import ConfigError, InputError
+from image3_dask.graph.drizzle_inputs import light
 from image3_dask.graph.handoff import StepData
 from image3_dask.graph.outlier_tasks import (
     GroupEntries,
@@ -62,7 +63,6 @@ log = logging.getLogger("image3_dask")
 __all__ = [
     "exposure_groups",
     "grid_params",
-    "light",
     "outlier_params",
     "prepare",
     "run",
@@ -148,30 +148,6 @@ def exposure_groups(exposures: list[ExposureInfo]) -> list[tuple[str, list[Expos
     for e in exposures:
         groups.setdefault(e.group_id, []).append(e)
     return list(groups.items())
-
-
-@dataclass(frozen=True)
-class _BBoxOnly:
-    """Stands for an exposure's gwcs in tile tasks, which only need its bounding box."""
-
-    bounding_box: tuple | None
-
-
-def light(info: ExposureInfo) -> ExposureInfo:
-    """A copy of ``info`` whose WCS is reduced to its bounding box (cheap to send to tasks).
-
-    Pickling a gwcs costs ~10 ms and tens of kB; a tile task receives every exposure that
-    overlaps it, and only :func:`~image3_dask.graph.drizzle_inputs.drizzle_inputs_for_region`
-    reads the WCS, for its bounding box.
-    """
-    bb = getattr(info.wcs, "bounding_box", None)
-    if bb is not None:
-        try:
-            bb = bb.bounding_box(order="F")
-        except AttributeError:
-            pass
-        bb = tuple(tuple(float(v) for v in interval) for interval in bb)
-    return info.evolve(wcs=_BBoxOnly(bb))
 
 
 def _tile_groups(

@@ -96,13 +96,28 @@ class MosaicPlan:
         return (t.y1 - t.y0, t.x1 - t.x0)
 
 
+#: ``id(wcs)`` -> (wcs, shape, fingerprint): the WCS objects of a run are fingerprinted once.
+_FINGERPRINTS: dict[int, tuple] = {}
+
+
 def wcs_fingerprint(wcs, shape: tuple[int, int]) -> str:
-    """Fingerprint of a WCS from its world coordinates at 9 points (full precision)."""
+    """Fingerprint of a WCS from its world coordinates at 9 points (full precision).
+
+    Remembered per WCS object (WCS objects are not modified once made), so that the plans
+    and tile fingerprints of every step do not evaluate it again.
+    """
+    known = _FINGERPRINTS.get(id(wcs))
+    if known is not None and known[0] is wcs and known[1] == tuple(shape):
+        return known[2]
     ny, nx = shape
     xs = np.array([0, nx / 2, nx - 1] * 3, float)
     ys = np.repeat([0, ny / 2, ny - 1], 3).astype(float)
     ra, dec = wcs(xs, ys)
-    return hashlib.sha256(np.concatenate([ra, dec]).astype(np.float64).tobytes()).hexdigest()[:24]
+    fp = hashlib.sha256(np.concatenate([ra, dec]).astype(np.float64).tobytes()).hexdigest()[:24]
+    if len(_FINGERPRINTS) > 4096:
+        _FINGERPRINTS.clear()
+    _FINGERPRINTS[id(wcs)] = (wcs, tuple(shape), fp)
+    return fp
 
 
 def output_grid(exposures: list[ExposureInfo], params: dict) -> OutputGrid:

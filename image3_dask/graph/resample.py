@@ -22,7 +22,7 @@ import numpy as np
 from image3_dask.algorithms.drizzle_tile import drizzle_tile, n_ctx_planes
 from image3_dask.algorithms.tiles import Tile
 from image3_dask.errors import InputError, StepNotAvailableError
-from image3_dask.graph.drizzle_inputs import drizzle_inputs_for_region
+from image3_dask.graph.drizzle_inputs import drizzle_inputs_for_region, light
 from image3_dask.graph.handoff import Mosaic, StepData
 from image3_dask.graph.plan import (
     GridInfo,
@@ -285,7 +285,7 @@ def submit_tiles(
                     "fp": fps[tile.name],
                     "work": resample_tile,
                     "tile": tile,
-                    "entries": [(by_index[i], plan.pixmaps[i]) for i in idx],
+                    "entries": [(light(by_index[i]), plan.pixmaps[i]) for i in idx],
                     "grid": plan.info,
                     "params": params,
                     "n_inputs": len(exposures),
@@ -309,8 +309,12 @@ def submit_tiles(
     return plan, dict(zip([t.name for t in plan.tiles], futures, strict=True))
 
 
-def build_i2d_model(ctx, exposures: list[ExposureInfo], plan: MosaicPlan, params: ResampleParams):
-    """The i2d ImageModel's metadata, as jwst's ResampleImage fills it (arrays are streamed)."""
+def build_i2d_model(exposures: list[ExposureInfo], grid, params: ResampleParams, asn):
+    """Task: the i2d ImageModel's metadata, as jwst's ResampleImage fills it.
+
+    Run on a worker (which has the datamodel schemas loaded); the arrays are streamed from
+    the store by :func:`write_i2d_task`.
+    """
     from stdatamodels.jwst import datamodels
 
     from image3_dask.io.products import i2d_metadata
@@ -318,7 +322,7 @@ def build_i2d_model(ctx, exposures: list[ExposureInfo], plan: MosaicPlan, params
     with datamodels.open(exposures[0].source_path or exposures[0].path) as ref:
         model = datamodels.ImageModel(None)
         model.update(ref)
-    i2d_metadata(model, exposures, plan.grid, asdict(params), ctx.asn)
+    i2d_metadata(model, exposures, grid, asdict(params), asn)
     return model
 
 
@@ -350,8 +354,18 @@ def submit(ctx, data: StepData) -> StepData:
     store_path = ctx.product_path("i2d", "zarr")
     plan, tiles = submit_tiles(ctx, data, cfg, store_path)
     params = resample_params(cfg)
-    model = build_i2d_model(ctx, data.exposures, plan, params)
     out = ctx.product_path("i2d")
+    (model,) = ctx.submit(
+        [
+            TaskSpec(
+                "resample-meta",
+                ctx.product_name,
+                build_i2d_model,
+                (data.exposures, plan.grid, params, ctx.asn),
+                priority=1,  # source_catalog waits for it
+            ),
+        ]
+    )
     (fits,) = ctx.submit(
         [
             TaskSpec(

@@ -92,6 +92,9 @@ class TaskSpec:
     after : sequence of Future
         Tasks that must have finished first although ``func`` does not read their results
         (e.g. the tasks writing the files it reads).
+    priority : int
+        Dask priority: a task whose result the client waits for can pass the tasks queued
+        before it.
     """
 
     action: str
@@ -100,6 +103,7 @@ class TaskSpec:
     args: tuple = ()
     kwargs: dict | None = None
     after: Sequence[Any] = ()
+    priority: int = 0
 
 
 def _call_after(func: Callable, _after: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
@@ -168,7 +172,15 @@ def submit_tasks(client, tasks: Sequence[TaskSpec], token: str, retries: int = 1
         key = (t.action, t.name, token)
         func, args = (_call_after, (t.func, list(t.after), *t.args)) if t.after else (t.func, t.args)
         futures.append(
-            client.submit(func, *args, key=key, pure=False, retries=retries, **(t.kwargs or {}))
+            client.submit(
+                func,
+                *args,
+                key=key,
+                pure=False,
+                retries=retries,
+                priority=t.priority,
+                **(t.kwargs or {}),
+            )
         )
     _tell(token, [f.key for f in futures], "waiting")
     return futures

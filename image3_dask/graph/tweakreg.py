@@ -200,6 +200,7 @@ def align_task(
     align_mode: str,
     params: dict,
     refcat: Table | None = None,
+    defer_correction: bool = False,
 ) -> dict:
     """Task: relative (then absolute) alignment of all exposures from their catalogs.
 
@@ -213,6 +214,11 @@ def align_task(
         The tweakreg step parameters.
     refcat : astropy.table.Table, optional
         Reference catalog for absolute alignment.
+    defer_correction : bool
+        With the global solve and no absolute alignment, return the corrections
+        (``corrections``: index -> ``(matrix, shift)``, and ``tangent_plane``) instead of
+        inserting them into the WCSs here, so that :func:`correct_task` does it per exposure
+        in parallel (``wcs`` is then `None` for those exposures).
 
     Returns
     -------
@@ -223,7 +229,6 @@ def align_task(
     """
     from image3_dask.algorithms.align import (
         absolute_align,
-        choose_mode,
         global_align,
         relative_align,
     )
@@ -238,13 +243,13 @@ def align_task(
         fit_info: list[dict] = [{"status": "FAILED: not aligned", "group_id": g} for g in group_ids]
         mode = "none"
         rel_ok = False
+        deferred = None
+        res = None
         if n_groups > 1:
             mode = align_mode
             if mode == "auto":
-                groups: dict[str, list] = {}
-                for w, g in zip(wcses, group_ids, strict=True):
-                    groups.setdefault(g, []).append(np.asarray(w.footprint(), float))
-                mode = "official" if choose_mode(list(groups.values())) == "relative" else "global"
+                mode = resolve_align_mode(mode, wcses, group_ids)
+            defer = refcat is None and defer_correction
             if mode == "global":
                 res = global_align(
                     catalogs,
@@ -252,6 +257,7 @@ def align_task(
                     wcsinfos,
                     group_ids,
                     names=names,
+                    apply=not defer,
                     **{k: params[k] for k in _GLOBAL_PARAMS},
                 )
             else:
@@ -263,6 +269,7 @@ def align_task(
             if res.success:
                 current = list(res.wcs)
                 fit_info = [dict(fi) for fi in res.fit_info]
+                deferred = res.extra.get("corrections") if mode == "global" else None
         absolute = None
         if refcat is not None:
             res = absolute_align(
@@ -290,10 +297,10 @@ def align_task(
                     fit_info[i] = {**fi, "relative_status": fit_info[i].get("status")}
         success = rel_ok or bool(absolute)
         out_wcs = [
-            w if success and fi.get("status") == "SUCCESS" else None
-            for w, fi in zip(current, fit_info, strict=True)
+            w if success and fi.get("status") == "SUCCESS" and i not in (deferred or {}) else None
+            for i, (w, fi) in enumerate(zip(current, fit_info, strict=True))
         ]
-        return {
+        out = {
             "wcs": out_wcs,
             "fit_info": fit_info,
             "mode": mode,
@@ -301,9 +308,56 @@ def align_task(
             "success": success,
             "warnings": capture.messages,
         }
+        if deferred and success:
+            out.update(corrections=deferred, tangent_plane=res.extra["tangent_plane"])
+        return out
     finally:
         for lg in loggers:
             lg.removeHandler(capture)
+
+
+def resolve_align_mode(align_mode: str, wcses: list[Any], group_ids: list[str]) -> str:
+    """Task: ``align_mode='auto'`` made ``'official'`` or ``'global'`` from the footprints.
+
+    Runs beside the catalog tasks (the overlaps of the groups' footprints take ~1 s for 16
+    exposures), so the alignment task does not compute it while every worker waits.
+    """
+    from image3_dask.algorithms.align import choose_mode
+
+    if align_mode != "auto":
+        return align_mode
+    groups: dict[str, list] = {}
+    for w, g in zip(wcses, group_ids, strict=True):
+        groups.setdefault(g, []).append(np.asarray(w.footprint(), float))
+    return "official" if choose_mode(list(groups.values())) == "relative" else "global"
+
+
+def correct_task(
+    wcs: Any, wcsinfo: dict, align: dict, index: int, shape: tuple[int, int]
+) -> tuple[Any, str | None]:
+    """Task: insert the global solve's correction into one exposure's WCS.
+
+    Parameters
+    ----------
+    wcs, wcsinfo
+        The exposure's WCS and ``wcsinfo`` (``v2_ref``, ``v3_ref``, ``roll_ref``).
+    align : dict
+        The result of :func:`align_task` (``corrections``, ``tangent_plane``).
+    index : int
+        The exposure's index.
+    shape : tuple of int
+        The exposure's shape (for its ``S_REGION``).
+
+    Returns
+    -------
+    tuple
+        The corrected WCS and its ``S_REGION``.
+    """
+    from image3_dask.algorithms.global_solve import apply_correction
+
+    matrix, shift = align["corrections"][index]
+    new = apply_correction(wcs, wcsinfo, matrix, shift, align["tangent_plane"])
+    return new, s_region_imaging(new, shape)
 
 
 def s_region_imaging(wcs: Any, shape: tuple[int, int]) -> str | None:
@@ -481,21 +535,51 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
         _log_catalogs(exposures, catalogs, n_groups)
         return skipped("At least two exposure groups are required for relative alignment.")
     catalogs = ctx.submit(tasks)
-
+    # sent to the cluster once, read by the mode and the alignment tasks
+    wcses = ctx.client.scatter([e.wcs for e in exposures], hash=False)
+    mode = cfg["align_mode"]
+    if mode == "auto" and n_groups > 1:  # decided beside the catalog tasks
+        (mode,) = ctx.submit(
+            [
+                TaskSpec(
+                    "tweakreg-mode",
+                    ctx.product_name,
+                    resolve_align_mode,
+                    (cfg["align_mode"], wcses, group_ids),
+                )
+            ]
+        )
     spec = TaskSpec(
         "tweakreg-align",
         ctx.product_name,
         align_task,
-        (
-            catalogs,
-            [e.wcs for e in exposures],
-            [e.wcsinfo for e in exposures],
-            group_ids,
-            [e.name for e in exposures],
-        ),
-        {"align_mode": cfg["align_mode"], "params": cfg, "refcat": refcat},
+        (catalogs, wcses, [e.wcsinfo for e in exposures], group_ids, [e.name for e in exposures]),
+        {"align_mode": mode, "params": cfg, "refcat": refcat, "defer_correction": True},
     )
-    (result,) = ctx.run_now([spec], "tweakreg: catalogs and alignment")
+    (align,) = ctx.submit([spec])
+    (result,) = ctx.wait([align], "tweakreg: catalogs and alignment")
+    if result.get("corrections"):
+        # the corrections are inserted into the WCSs one exposure per task
+        todo = sorted(result["corrections"])
+        fixed = ctx.run_now(
+            [
+                TaskSpec(
+                    "tweakreg-correct",
+                    exposures[i].name,
+                    correct_task,
+                    (wcses[i], exposures[i].wcsinfo, align, i, exposures[i].shape),
+                )
+                for i in todo
+            ],
+            "tweakreg: corrected WCS",
+        )
+        result["wcs"] = list(result["wcs"])
+        s_regions = {}
+        for i, (w, region) in zip(todo, fixed, strict=True):
+            result["wcs"][i] = w
+            s_regions[i] = region
+    else:
+        s_regions = {}
     catalogs = ctx.tasks.results(catalogs)
     _log_catalogs(exposures, catalogs, n_groups)
     for msg in result["warnings"]:
@@ -515,14 +599,14 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
 
     out = []
     n_updated = 0
-    for e, w in zip(exposures, result["wcs"], strict=True):
+    for k, (e, w) in enumerate(zip(exposures, result["wcs"], strict=True)):
         meta = {**e.meta, "cal_step_tweakreg": "COMPLETE"}
         if w is None:
             out.append(e.evolve(meta=meta))
             continue
         if refcat is not None:
             w.name = f"FIT-LVL3-{report['abs_refcat']}"
-        s_region = s_region_imaging(w, e.shape)
+        s_region = s_regions[k] if k in s_regions else s_region_imaging(w, e.shape)
         wcsinfo = dict(e.wcsinfo)
         if s_region is not None:
             meta["s_region"] = s_region

@@ -282,7 +282,10 @@ def _submit_steps(ctx: RunContext, exposures: list, timings: dict) -> StepData:
         module = _step_module(step)
         started[step] = time.perf_counter()
         ctx.tasks.step = step
-        log.info("Step %s running on %d exposures", step, len(data.exposures))
+        if step == "source_catalog":
+            log.info("Step %s running on the mosaic", step)
+        else:
+            log.info("Step %s running on %d exposures", step, len(data.exposures))
         data = module.submit(ctx, data)
         submitted[step] = time.perf_counter()
     ctx.tasks.step = ""
