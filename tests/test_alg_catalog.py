@@ -12,6 +12,7 @@ from astropy.modeling import models
 from astropy.table import Table
 from gwcs import WCS
 from gwcs import coordinate_frames as cf
+from helpers import compare_catalogs
 from photutils.background import Background2D, MedianBackground
 from scipy.spatial import cKDTree
 from scipy.special import erf
@@ -351,7 +352,15 @@ def test_no_sources_returns_empty():
 
 # --------------------------------------------------------------------------- jwst parity
 @pytest.mark.jwst
-def test_parity_with_jwst_source_catalog_step(scene, tmp_path, monkeypatch):
+@pytest.mark.parametrize("detection", ["tuned", "default"])
+def test_parity_with_jwst_source_catalog_step(scene, tmp_path, monkeypatch, detection):
+    """jwst's SourceCatalogStep and make_source_catalog on the same image: every column.
+
+    jwst's default parameters (one background box over this 256x256 image): bit-identical
+    catalogs. Tuned (``bkg_boxsize=64``): our tileable background mesh differs from photutils'
+    Background2D by ~1e-7 relative (float rounding of the separable bicubic zoom), so every
+    column is held to ``helpers.catalog_tolerance`` instead (see ``compare_catalogs``).
+    """
     pytest.importorskip("jwst")
     monkeypatch.setenv("STPIPE_DISABLE_CRDS_STEPPARS", "True")
     monkeypatch.setenv("CRDS_SERVER_URL", "http://localhost:1")
@@ -402,7 +411,7 @@ def test_parity_with_jwst_source_catalog_step(scene, tmp_path, monkeypatch):
     model.meta.exposure.type = "NRC_IMAGE"
     model.meta.observation.date = "2024-01-01"
     model.meta.observation.time = "00:00:00"
-    kwargs = {"snr_threshold": 2.0, "npixels": 10, "bkg_boxsize": 64}
+    kwargs = {"snr_threshold": 2.0, "npixels": 10, "bkg_boxsize": 64} if detection == "tuned" else {}
     ref = SourceCatalogStep(
         save_results=False, override_apcorr=ap_path, override_abvegaoffset=ab_path, **kwargs
     ).run(model)
@@ -421,17 +430,7 @@ def test_parity_with_jwst_source_catalog_step(scene, tmp_path, monkeypatch):
         abvega_offset=off,
         **kwargs,
     )
-    assert cat.colnames == ref.colnames
-    for name in ref.colnames:
-        assert getattr(cat[name], "unit", None) == getattr(ref[name], "unit", None), name
-        assert getattr(cat[name], "dtype", None) == getattr(ref[name], "dtype", None), name
-    tree = cKDTree(np.transpose([cat["xcentroid"], cat["ycentroid"]]))
-    dist, idx = tree.query(np.transpose([ref["xcentroid"], ref["ycentroid"]]))
-    matched = dist < 0.1
-    assert matched.mean() >= 0.99 and len(cat) == len(ref)
-    for name in ("aper30_flux", "aper50_flux", "aper70_flux", "aper_total_flux", "isophotal_flux"):
-        a = cat[name][idx[matched]].value
-        b = ref[name][matched].value
-        np.testing.assert_allclose(a, b, rtol=5e-3, err_msg=name)
-    assert np.array_equal(cat["label"][idx[matched]], ref["label"][matched])
+    worst = compare_catalogs(cat, ref, exact=detection == "default")
+    print(f"\n{detection}: {len(ref)} sources;", {k: f"{v:.2g}" for k, v in worst.items() if v})
+    assert len(ref) > (50 if detection == "tuned" else 30)
     assert os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] == "True"

@@ -24,6 +24,7 @@ import astropy.units as u
 import numpy as np
 import pytest
 from astropy.table import QTable, Table
+from helpers import compare_catalogs
 from scipy.ndimage import uniform_filter1d
 from scipy.spatial import cKDTree
 
@@ -132,14 +133,8 @@ def _copy_mosaic(src, dst):
 @pytest.fixture(scope="module")
 def runs(field, client, tmp_path_factory):
     """The pipeline (resample + catalog, single frame), then the catalog step alone
-    (resample skipped: it uses the i2d already in the output folder) with tiled=always; and
-    the catalog with jwst's default detection parameters on the same i2d (algorithm directly)."""
-    from stdatamodels.jwst import datamodels
-
-    from image3_dask.algorithms.catalog import make_source_catalog
-    from image3_dask.graph.catalog import catalog_params, resolve_refdata
-    from image3_dask.pipeline.config import PipelineConfig
-
+    (resample skipped: it uses the i2d already in the output folder) with tiled=always, and
+    again with jwst's default detection parameters."""
     root = tmp_path_factory.mktemp("catruns")
     ap, ab = _write_refs(root, "GENERIC")
     refs = {"override_apcorr": ap, "override_abvegaoffset": ab}
@@ -167,19 +162,16 @@ def runs(field, client, tmp_path_factory):
             "source_catalog": {**refs, **TUNED, "tiled": "always"},
         },
     )
-    cfg = {**PipelineConfig()["source_catalog"], **refs}
-    with datamodels.open(out["single"]["i2d"]) as m:
-        ref = resolve_refdata(cfg, m)
-        out["default_cat"], _ = make_source_catalog(
-            m.data,
-            m.err,
-            m.meta.wcs,
-            wht=m.wht,
-            pixel_area_sr=m.meta.photometry.pixelarea_steradians,
-            aperture_params=ref.aperture_params,
-            abvega_offset=ref.abvega_offset,
-            params=catalog_params(cfg),
-        )
+    # jwst's default detection parameters, the catalog step alone on the same i2d
+    _copy_mosaic(root / "single", root / "default")
+    out["default"] = Image3Pipeline.call(
+        field.asn_path,
+        output_dir=root / "default",
+        client=client,
+        progress=False,
+        steps={**SKIP, "resample": {"skip": True}, "source_catalog": {**refs, "tiled": "never"}},
+    )
+    out["default_cat"] = QTable.read(out["default"]["cat"])
     return out
 
 
@@ -329,29 +321,33 @@ def test_tiled_equals_single_frame(runs):
 
 # --------------------------------------------------------------------------- jwst parity
 @pytest.mark.jwst
-def test_parity_with_jwst_source_catalog_step(runs, tmp_path):
+@pytest.mark.parametrize("detection", ["tuned", "default"])
+def test_parity_with_jwst_source_catalog_step(runs, detection):
+    """jwst's SourceCatalogStep on our i2d: every column it writes, source by source.
+
+    Both codes measure the same i2d. With jwst's default parameters (``bkg_boxsize=1000``:
+    one background box over this mosaic) the catalogs are bit-identical, every column. With
+    the tuned ``bkg_boxsize=64`` our background mesh (tileable, ``estimate_background``) differs
+    from photutils' Background2D by ~1e-7 of the background, which moves centroids by up to
+    2e-6 px, isophotal fluxes by 2e-6 and orientations of nearly round sources by 1e-3 degree:
+    every column is then held to ``helpers.catalog_tolerance`` (5-10x those figures). Same
+    sources, labels, NaNs, dtypes, units and metadata either way. ``-s`` prints the figures.
+    """
     pytest.importorskip("jwst")
     from jwst.source_catalog import SourceCatalogStep
 
+    kwargs = TUNED if detection == "tuned" else {}
+    ours_path = runs["single" if detection == "tuned" else "default"]["cat"]
     ref = SourceCatalogStep.call(
-        str(runs["single"]["i2d"]), save_results=False, **runs["refs"], **TUNED
+        str(runs["single"]["i2d"]), save_results=False, **runs["refs"], **kwargs
     )
-    cat = QTable.read(runs["single"]["cat"])
-    assert cat.colnames == ref.colnames
-    d, idx = cKDTree(np.transpose([cat["xcentroid"], cat["ycentroid"]])).query(
-        np.transpose([ref["xcentroid"], ref["ycentroid"]])
-    )
-    matched = d < 0.1
-    _figure("jwst_parity_matched_fraction", round(float(matched.mean()), 4))
-    assert matched.mean() >= 0.99 and len(cat) == len(ref)
-    worst = 0.0
-    for name in ("aper30_flux", "aper50_flux", "aper70_flux", "aper_total_flux", "isophotal_flux"):
-        a = np.asarray(cat[name].value)[idx[matched]]
-        b = np.asarray(ref[name].value)[matched]
-        worst = max(worst, float(np.nanmax(np.abs(a / b - 1))))
-        np.testing.assert_allclose(a, b, rtol=5e-3, err_msg=name)
-    _figure("jwst_parity_flux_rel_diff_max", worst)
-    assert np.array_equal(np.asarray(cat["label"])[idx[matched]], np.asarray(ref["label"])[matched])
+    cat = QTable.read(ours_path)
+    worst = compare_catalogs(cat, ref, exact=detection == "default")
+    _figure(f"jwst_parity_{detection}_n_sources", len(ref))
+    for name, value in worst.items():
+        if value:
+            _figure(f"jwst_parity_{detection}_max|diff|_{name}", f"{value:.2g}")
+    assert len(ref) >= (30 if detection == "tuned" else 10)
 
 
 # --------------------------------------------------------------------------- reference data
