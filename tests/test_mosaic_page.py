@@ -225,17 +225,27 @@ def test_page_http(tiny_plan):
         _get(page.url)
 
 
-def test_run_tasks_tells_watchers(client):
-    from image3_dask.graph.tasks import StepFailed, TaskSpec, run_tasks, watch_tasks
+def test_the_ledger_tells_its_watcher(client):
+    from image3_dask.graph.tasks import RunWatcher, StepFailed, TaskLedger, TaskSpec
 
     events = []
-    unwatch = watch_tasks("wt", lambda k, s: events.append((k[0], k[1], s)))
-    run_tasks(client, [TaskSpec("t-add", f"n{i}", max, (i, 1)) for i in range(3)], "wt",
-              progress=False)
+
+    class Watcher(RunWatcher):
+        def task_event(self, key, state):
+            events.append((key[0], key[1], state))
+
+        def add_plan(self, plan, exposures, stage):
+            raise RuntimeError("a broken watcher never fails the run")
+
+    ledger = TaskLedger(client, "wt", progress=False, watcher=Watcher())
+    assert ledger.wait(
+        ledger.submit([TaskSpec("t-add", f"n{i}", max, (i, 1)) for i in range(3)]), "add"
+    ) == [1, 1, 2]
+    ledger.tell("add_plan", None, [], "stage")
+    ledger.tell("add_tiles", "stage", [], (1, 1))  # not overridden: the base class's no-op
     with pytest.raises(StepFailed):
-        run_tasks(client, [TaskSpec("t-fail", "bad", int, ("x",))], "wt", progress=False)
-    unwatch()
-    run_tasks(client, [TaskSpec("t-add", "after", max, (1, 2))], "wt", progress=False)
+        ledger.wait(ledger.submit([TaskSpec("t-fail", "bad", int, ("x",))]), "fail")
+    time.sleep(0.2)  # the done callbacks run on the client's thread
     assert sorted(e for e in events if e[0] == "t-add") == sorted(
         [("t-add", f"n{i}", s) for i in range(3) for s in ("waiting", "done")]
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from image3_dask.graph.tasks import StepFailed, TaskSpec, watch_tasks
+from image3_dask.graph.tasks import RunWatcher, StepFailed, TaskLedger, TaskSpec
 from image3_dask.io.asn import Association
 from image3_dask.pipeline.config import PipelineConfig
 from image3_dask.pipeline.context import RunContext
@@ -23,7 +23,15 @@ def _fail(message: str) -> None:
     raise ValueError(message)
 
 
-def _ctx(client, tmp_path) -> RunContext:
+class _States(RunWatcher):
+    def __init__(self):
+        self.states = []
+
+    def task_event(self, key, state):
+        self.states.append((key[0], state))
+
+
+def _ctx(client, tmp_path, watcher=None) -> RunContext:
     asn = Association(product_name="p", asn_id="a3001", members=[])
     return RunContext(
         client=client,
@@ -32,20 +40,20 @@ def _ctx(client, tmp_path) -> RunContext:
         output_dir=tmp_path,
         work_dir=tmp_path / "work",
         progress=False,
+        tasks=TaskLedger(client, "t" + tmp_path.name[-8:], progress=False, watcher=watcher),
     )
 
 
 def test_deferred_tasks_run_while_the_client_goes_on(client, tmp_path):
-    ctx = _ctx(client, tmp_path)
-    states = []
-    unwatch = watch_tasks(ctx.token, lambda key, state: states.append((key[0], state)))
+    watcher = _States()
+    ctx = _ctx(client, tmp_path, watcher)
     out = tmp_path / "late.txt"
     ctx.submit([TaskSpec("late-write", "x", _write_after, (str(out), 1.0))])
     assert not out.exists()  # submit returned before the task finished
     ctx.finish_pending()
-    unwatch()
     assert out.read_text() == "done" and ctx.pending == []
-    assert states == [("late-write", "waiting"), ("late-write", "done")]
+    time.sleep(0.2)  # the done callback runs on the client's thread
+    assert watcher.states == [("late-write", "waiting"), ("late-write", "done")]
 
 
 def test_a_failed_deferred_task_fails_the_run_and_names_itself(client, tmp_path):

@@ -566,8 +566,7 @@ def _run_tiled(
         box[1],
     )
     label = "source_catalog"
-    if getattr(ctx, "monitor", None) is not None:
-        ctx.notify("add_tiles", label, tiles, shape)
+    ctx.tasks.tell("add_tiles", label, tiles, shape)
     # 1. background mesh
     # each tile starts as soon as the resample tiles under it are written
     stats = ctx.run_now(
@@ -729,6 +728,7 @@ def submit(ctx, data: StepData) -> StepData:
             f"source_catalog.starfinder={cfg['starfinder']!r} is not available; "
             "only 'segmentation' (the default) is"
         )
+    data = data.settled()
     mosaic = data.mosaic
     if mosaic is not None:
         i2d, store = mosaic.i2d, mosaic.store

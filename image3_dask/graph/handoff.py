@@ -8,6 +8,7 @@ that the cluster moves from one step to the next tile by tile, without a barrier
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,22 @@ class StepData:
         a task reading that file must follow it.
     mosaic : Mosaic or None
         Set by the resample step.
+    pending : callable or None
+        What the client still has to do before ``exposures`` are final beyond their WCS
+        (e.g. wait for the sky solve and record the levels); :meth:`settled` does it. A step
+        may plan from the WCS first (its grid, tiles and pixel maps) and settle after.
     """
 
     exposures: list[ExposureInfo]
     written: dict[int, Any] = field(default_factory=dict)
     mosaic: Mosaic | None = None
+    pending: Callable[[], list[ExposureInfo]] | None = None
+
+    def settled(self) -> StepData:
+        """This data with :attr:`pending` done (the exposures final)."""
+        if self.pending is None:
+            return self
+        return dataclasses.replace(self, exposures=self.pending(), pending=None)
 
     def evolve(self, **changes: Any) -> StepData:
         """A copy with ``changes``."""

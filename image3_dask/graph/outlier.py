@@ -222,12 +222,11 @@ class _Outputs:
     store: Path
 
 
-def _submit_resampled(ctx, data: StepData, params: OutlierParams, out: _Outputs) -> dict:
+def _submit_resampled(
+    ctx, data: StepData, params: OutlierParams, out: _Outputs, plan: MosaicPlan
+) -> dict:
     exposures = data.exposures
     groups = exposure_groups(exposures)
-    plan: MosaicPlan = make_plan(
-        ctx, exposures, grid_params(params, dict(ctx.config["resample"])), "outlier_detection"
-    )
     MosaicStore(out.store).create(
         plan.grid.shape, plan.tile_shape, ["median"], attrs={"product": ctx.product_name}
     )
@@ -536,8 +535,18 @@ def submit(ctx, data: StepData) -> StepData:
         Unchanged when the step is not done (fewer than two exposures, as jwst) and the crf
         files are not saved.
     """
-    exposures = data.exposures
     params = outlier_params(dict(ctx.config["outlier_detection"]))
+    plan = None
+    if params.resample_data and len(data.exposures) >= 2:
+        # planned from the WCS while the previous step's tasks (the sky solve) finish
+        plan = make_plan(
+            ctx,
+            data.exposures,
+            grid_params(params, dict(ctx.config["resample"])),
+            "outlier_detection",
+        )
+    data = data.settled()
+    exposures = data.exposures
     save = bool(ctx.config["outlier_detection"].get("save_results", True))
     crf_paths = {e.index: _crf_path(ctx, e, save) for e in exposures}
     if len(exposures) < 2:
@@ -567,8 +576,8 @@ def submit(ctx, data: StepData) -> StepData:
         meta={e.index: _crf_meta(e, "COMPLETE") for e in exposures},
         store=ctx.work_dir / "median.zarr",
     )
-    if params.resample_data:
-        written = _submit_resampled(ctx, data, params, outputs)
+    if plan is not None:
+        written = _submit_resampled(ctx, data, params, outputs, plan)
     else:
         written = _submit_unresampled(ctx, data, params, outputs)
 

@@ -323,8 +323,7 @@ def make_plan(ctx, exposures: list[ExposureInfo], params: dict, stage: str) -> M
     )
     if not isinstance(found, MosaicPlan):
         ctx.plans[key] = plan
-    if getattr(ctx, "monitor", None) is not None:
-        ctx.notify("add_plan", plan, exposures, stage)
+    ctx.tasks.tell("add_plan", plan, exposures, stage)
     log.info(
         "%s grid %d x %d pixels, %d tiles of %d x %d, halo %d",
         stage,

@@ -351,6 +351,7 @@ def submit(ctx, data: StepData) -> StepData:
             "resample.single=true (one mosaic per exposure) is not available; "
             "outlier detection makes its singles per tile"
         )
+    data = data.settled()
     store_path = ctx.product_path("i2d", "zarr")
     plan, tiles = submit_tiles(ctx, data, cfg, store_path)
     params = resample_params(cfg)

@@ -33,6 +33,7 @@ exposure's pixels (the ``_crf`` files) with ``meta["background"]["subtracted"]``
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from image3_dask.errors import ConfigError, InputError
@@ -157,14 +158,20 @@ def _user_levels(cfg: dict, exposures: list[ExposureInfo]) -> dict[int, tuple[fl
 
 def run(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
     """:func:`submit` and wait for its tasks; return the exposures."""
-    out = submit(ctx, StepData(exposures)).exposures
+    out = submit(ctx, StepData(exposures)).settled().exposures
     ctx.finish_pending()
     return out
 
 
 def submit(ctx, data: StepData) -> StepData:
-    """:func:`match_sky` on ``data.exposures`` (the client needs the levels to go on)."""
-    return data.evolve(exposures=match_sky(ctx, data.exposures))
+    """The skymatch step, submitted: the levels are recorded when the next step settles.
+
+    The statistics and solve tasks run while the next step plans from the WCS (outlier
+    detection's grid, tiles and pixel maps); :meth:`StepData.settled` then waits for the solve
+    and returns the exposures with their levels (see :func:`match_sky`).
+    """
+    data = data.settled()
+    return data.evolve(pending=_submit_sky(ctx, data.exposures))
 
 
 def match_sky(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
@@ -183,6 +190,11 @@ def match_sky(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
         The exposures with ``background_level``, ``background_subtracted`` and
         ``meta['background']`` set (see the module docstring).
     """
+    return _submit_sky(ctx, exposures)()
+
+
+def _submit_sky(ctx, exposures: list[ExposureInfo]) -> Callable[[], list[ExposureInfo]]:
+    """Submit the statistics and the solve; return what records the levels once solved."""
     from image3_dask.algorithms.skymatch import find_neighbours, sky_footprint
 
     cfg = dict(ctx.config["skymatch"])
@@ -194,34 +206,46 @@ def match_sky(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
             "Setting sky background of input images to user-provided values from `skylist` (%s).",
             cfg.get("skylist"),
         )
-        levels = _user_levels(cfg, exposures)
-    else:
-        footprints = {
-            e.index: sky_footprint(e.wcs, e.shape, cfg.get("stepsize")) for e in exposures
-        }
-        units = {e.index: e.group_id for e in exposures}
-        neighbours = find_neighbours(footprints, units)
-        params = {k: cfg.get(k) for k in (*_STAT_PARAMS, "dqbits", "stepsize")}
-        full = method != "match"
-        tasks = [
-            TaskSpec(
-                "skymatch-stats",
-                e.name,
-                stats_task,
-                (e.path, e.wcs, footprints[e.index], neighbours[e.index], params, full),
-            )
-            for e in exposures
-        ]
-        futures = ctx.submit(tasks)
-        stats = {e.index: f for e, f in zip(exposures, futures, strict=True)}
-        spec = TaskSpec(
-            "skymatch-solve",
-            ctx.product_name,
-            solve_task,
-            (stats, units, method, bool(cfg["match_down"])),
+        user = _user_levels(cfg, exposures)
+        return lambda: _record_levels(ctx, exposures, user, method, subtract)
+    footprints = {
+        e.index: sky_footprint(e.wcs, e.shape, cfg.get("stepsize")) for e in exposures
+    }
+    units = {e.index: e.group_id for e in exposures}
+    neighbours = find_neighbours(footprints, units)
+    params = {k: cfg.get(k) for k in (*_STAT_PARAMS, "dqbits", "stepsize")}
+    full = method != "match"
+    tasks = [
+        TaskSpec(
+            "skymatch-stats",
+            e.name,
+            stats_task,
+            (e.path, e.wcs, footprints[e.index], neighbours[e.index], params, full),
         )
-        (solved,) = ctx.run_now([spec], "skymatch: statistics and solve")
+        for e in exposures
+    ]
+    futures = ctx.submit(tasks)
+    stats = {e.index: f for e, f in zip(exposures, futures, strict=True)}
+    spec = TaskSpec(
+        "skymatch-solve",
+        ctx.product_name,
+        solve_task,
+        (stats, units, method, bool(cfg["match_down"])),
+    )
+    (solve,) = ctx.submit([spec])
+
+    def finish() -> list[ExposureInfo]:
+        (solved,) = ctx.wait([solve], "skymatch: statistics and solve")
         levels = {i: (lv.level, lv.valid) for i, lv in solved.items()}
+        return _record_levels(ctx, exposures, levels, method, subtract)
+
+    return finish
+
+
+def _record_levels(
+    ctx, exposures: list[ExposureInfo], levels: dict, method: str, subtract: bool
+) -> list[ExposureInfo]:
+    """The exposures with their levels (:func:`_apply`), logged and reported."""
     out = _apply(exposures, levels, method, subtract)
     report = {
         "skymethod": method,

@@ -1,12 +1,15 @@
-"""Submitting named tasks and waiting for them with a progress line per step.
+"""The run's tasks: submitted with their dependencies, awaited where needed, watched.
 
 Task keys are tuples ``(step-action, name, token)``: Dask's dashboard groups tasks by the first
-element (``resample-tile``, ``outlier-blot``, ...) and shows the name of the tile or exposure;
-the token keeps the keys of two runs apart.
+element (``resample-tile``, ``outlier-flag``, ...) and shows the name of the tile or exposure;
+the token keeps the keys of two runs apart. :class:`TaskLedger` submits every task of a run
+and tells its :class:`RunWatcher` (the mosaic page) of each one; :func:`resumable` is the one
+resume mechanism of the tile and exposure tasks.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -17,57 +20,32 @@ from typing import Any
 
 from image3_dask.errors import Image3Error
 
+log = logging.getLogger("image3_dask")
+
 __all__ = [
     "StepFailed",
     "TaskLedger",
     "TaskSpec",
+    "RunWatcher",
     "resumable",
-    "run_tasks",
-    "submit_tasks",
-    "wait_tasks",
-    "watch_tasks",
 ]
 
-#: Run token -> callbacks ``(key, state)`` told when tasks are submitted and when they end.
-_watchers: dict[str, list[Callable[[tuple, str], None]]] = {}
+class RunWatcher:
+    """What a run tells whoever watches it (the mosaic page): override what you need.
 
-
-def watch_tasks(token: str, callback: Callable[[tuple, str], None]) -> Callable[[], None]:
-    """Be told of the tasks of a run: ``callback(key, state)`` on submission and at the end.
-
-    Parameters
-    ----------
-    token : str
-        Run token (the last element of the keys).
-    callback : callable
-        Called with the task key and ``"waiting"`` when :func:`run_tasks` submits the task,
-        then ``"done"``, ``"failed"`` or ``"cancelled"``; it must be quick and not raise.
-
-    Returns
-    -------
-    callable
-        Call it to stop watching.
+    The run calls these from its client thread and from Dask's callback threads; a watcher
+    must be quick and thread-safe. Whatever a watcher raises is logged and ignored: watching
+    never fails a run (:meth:`TaskLedger.tell`).
     """
-    _watchers.setdefault(token, []).append(callback)
 
-    def unwatch() -> None:
-        cbs = _watchers.get(token, [])
-        if callback in cbs:
-            cbs.remove(callback)
-        if not cbs:
-            _watchers.pop(token, None)
+    def task_event(self, key: tuple, state: str) -> None:
+        """A task was submitted (``waiting``) or ended (``done``, ``failed``, ``cancelled``)."""
 
-    return unwatch
+    def add_plan(self, plan, exposures, stage: str) -> None:
+        """A mosaic plan (output grid, tiles, pixel maps) was made for ``stage``."""
 
-
-def _tell(token: str, keys, state: str) -> None:
-    """Tell the watchers of run ``token`` that the tasks ``keys`` are now in ``state``."""
-    for cb in list(_watchers.get(token, ())):
-        for key in keys:
-            try:
-                cb(key, state)
-            except Exception:  # a watcher never stops the run
-                pass
+    def add_tiles(self, stage: str, tiles, shape: tuple[int, int]) -> None:
+        """``stage`` works on these tiles of a grid of ``shape`` (e.g. the tiled catalog)."""
 
 
 class StepFailed(Image3Error):
@@ -147,7 +125,7 @@ def _bar(label: str, done: int, total: int, t0: float, stream) -> None:
     stream.flush()
 
 
-def submit_tasks(client, tasks: Sequence[TaskSpec], token: str, retries: int = 1) -> list:
+def _submit(client, tasks: Sequence[TaskSpec], token: str, retries: int = 1) -> list:
     """Submit tasks to the cluster without waiting; return their futures, in order.
 
     Parameters
@@ -165,7 +143,7 @@ def submit_tasks(client, tasks: Sequence[TaskSpec], token: str, retries: int = 1
     Returns
     -------
     list of distributed.Future
-        One per task; wait for them with :func:`wait_tasks`.
+        One per task.
     """
     futures = []
     for t in tasks:
@@ -182,105 +160,7 @@ def submit_tasks(client, tasks: Sequence[TaskSpec], token: str, retries: int = 1
                 **(t.kwargs or {}),
             )
         )
-    _tell(token, [f.key for f in futures], "waiting")
     return futures
-
-
-def wait_tasks(
-    client,
-    futures: Sequence[Any],
-    tasks: Sequence[TaskSpec],
-    token: str,
-    label: str | None = None,
-    progress: bool = True,
-    stream=None,
-) -> list[Any]:
-    """Wait for submitted tasks, show progress, and return their results in order.
-
-    Parameters
-    ----------
-    client : distributed.Client
-        Where the tasks run.
-    futures : sequence of distributed.Future
-        From :func:`submit_tasks`.
-    tasks : sequence of TaskSpec
-        The tasks behind ``futures`` (named in error messages).
-    token : str
-        Run token.
-    label : str, optional
-        Text of the progress line (default: the first task's action).
-    progress : bool
-        Draw a progress line on ``stream`` (standard error by default).
-
-    Raises
-    ------
-    StepFailed
-        When a task raises; the other tasks of the call are cancelled.
-    """
-    from distributed import as_completed
-
-    if not futures:
-        return []
-    stream = stream or sys.stderr
-    label = label or tasks[0].action
-    index = {f.key: i for i, f in enumerate(futures)}
-    results: list[Any] = [None] * len(futures)
-    t0 = time.perf_counter()
-    done = 0
-    show = progress and stream is not None
-    if show:
-        _bar(label, 0, len(futures), t0, stream)
-    try:
-        for fut in as_completed(futures):
-            i = index[fut.key]
-            if fut.status == "error":
-                exc = fut.exception()
-                spec = tasks[i]
-                _tell(token, [fut.key], "failed")
-                if isinstance(exc, Image3Error):
-                    raise StepFailed(f"{spec.action} {spec.name}: {exc}") from None
-                raise StepFailed(
-                    f"{spec.action} {spec.name} failed: {type(exc).__name__}: {exc}"
-                ) from exc
-            results[i] = fut.result()
-            _tell(token, [fut.key], "done")
-            done += 1
-            if show:
-                _bar(label, done, len(futures), t0, stream)
-    except BaseException:
-        client.cancel(list(futures))
-        _tell(token, [f.key for f in futures if f.status != "finished"], "cancelled")
-        if show:
-            stream.write("\n")
-        raise
-    if show:
-        stream.write("\n")
-        stream.flush()
-    return results
-
-
-def run_tasks(
-    client,
-    tasks: Sequence[TaskSpec],
-    token: str,
-    label: str | None = None,
-    progress: bool = True,
-    stream=None,
-    retries: int = 1,
-) -> list[Any]:
-    """Submit tasks to the cluster, show progress, and return their results in order.
-
-    :func:`submit_tasks` then :func:`wait_tasks`; see them for the parameters.
-
-    Raises
-    ------
-    StepFailed
-        When a task raises; the other tasks of the call are cancelled.
-    """
-    if not tasks:
-        return []
-    futures = submit_tasks(client, tasks, token, retries=retries)
-    return wait_tasks(client, futures, tasks, token, label=label, progress=progress, stream=stream)
 
 
 class TaskLedger:
@@ -301,12 +181,17 @@ class TaskLedger:
         Run token, the last element of every key.
     progress : bool
         Draw progress lines while waiting.
+    watcher : RunWatcher, optional
+        Told of every task's submission and end, and of the plans (:meth:`tell`).
     """
 
-    def __init__(self, client, token: str, progress: bool = True):
+    def __init__(
+        self, client, token: str, progress: bool = True, watcher: RunWatcher | None = None
+    ):
         self.client = client
         self.token = token
         self.progress = progress
+        self.watcher = watcher or RunWatcher()
         self._entries: list[tuple[TaskSpec, Any]] = []
         self._told: set = set()
         self._lock = threading.Lock()
@@ -317,7 +202,9 @@ class TaskLedger:
 
     def submit(self, tasks: Sequence[TaskSpec], retries: int = 1) -> list:
         """Submit ``tasks`` now; return their futures, in order (nothing is awaited)."""
-        futures = submit_tasks(self.client, tasks, self.token, retries=retries)
+        futures = _submit(self.client, tasks, self.token, retries=retries)
+        for f in futures:
+            self.tell("task_event", f.key, "waiting")
         with self._lock:
             self._entries.extend(zip(tasks, futures, strict=True))
             self._step_of.update((f.key, self.step) for f in futures)
@@ -338,7 +225,14 @@ class TaskLedger:
                 return
             self._told.add(fut.key)
             self._done_at[fut.key] = time.perf_counter()
-        _tell(self.token, [fut.key], state)
+        self.tell("task_event", fut.key, state)
+
+    def tell(self, event: str, *args: Any) -> None:
+        """Call the watcher's ``event`` method (:class:`RunWatcher`); never raises."""
+        try:
+            getattr(self.watcher, event)(*args)
+        except Exception as exc:  # watching never fails a run
+            log.debug("watcher %s failed: %s", event, exc)
 
     def last_done(self, step: str) -> float | None:
         """When the last task of ``step`` that has finished ended (``time.perf_counter``)."""

@@ -486,6 +486,7 @@ def submit(ctx, data: StepData) -> StepData:
         The exposures, with ``wcs`` and ``meta['s_region']`` updated where the fit succeeded
         and ``meta['cal_step_tweakreg']`` set to ``COMPLETE`` or ``SKIPPED``.
     """
+    data = data.settled()
     return data.evolve(exposures=_align(ctx, data.exposures))
 
 

@@ -46,11 +46,9 @@ class RunContext:
     plans : dict
         Mosaic plans (output grid, tiles, pixel maps) by grid and WCS fingerprints, shared by
         outlier detection and resample (:func:`image3_dask.graph.plan.make_plan`).
-    monitor : MosaicMonitor, optional
-        Told of every plan and tiling (:mod:`image3_dask.service.mosaic_page`), when the run
-        is watched.
-    tasks : TaskLedger
-        Every task of the run: steps submit through it without waiting
+    tasks : TaskLedger, optional
+        Every task of the run (made from ``client``, ``token`` and ``progress`` when not
+        given; its watcher is told of every task and plan): steps submit through it without waiting
         (:meth:`TaskLedger.submit`), wait where the client needs a result
         (:meth:`TaskLedger.wait`), and the run waits for the rest at the end
         (:meth:`finish_pending`).
@@ -66,12 +64,12 @@ class RunContext:
     products: dict[str, Any] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)
     plans: dict[tuple, Any] = field(default_factory=dict)
-    monitor: Any = None
-    tasks: TaskLedger = field(init=False)
+    tasks: TaskLedger | None = None
     _finishers: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.tasks = TaskLedger(self.client, self.token, progress=self.progress)
+        if self.tasks is None:
+            self.tasks = TaskLedger(self.client, self.token, progress=self.progress)
 
     def submit(self, tasks: list[TaskSpec]) -> list:
         """Submit ``tasks`` now (nothing awaited); return their futures."""
@@ -109,15 +107,6 @@ class RunContext:
     def cancel_pending(self) -> None:
         """Cancel the tasks not finished (the run failed); never raises."""
         self.tasks.cancel()
-
-    def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
-        """Call ``monitor.<method>(*args, **kwargs)`` when the run is watched; never raises."""
-        if self.monitor is None:
-            return
-        try:
-            getattr(self.monitor, method)(*args, **kwargs)
-        except Exception as exc:  # watching never fails a run
-            log.debug("monitor %s failed: %s", method, exc)
 
     @property
     def product_name(self) -> str:

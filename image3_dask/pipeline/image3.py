@@ -14,7 +14,7 @@ from typing import Any
 
 from image3_dask.errors import ConfigError, Image3Error, StepNotAvailableError
 from image3_dask.graph.handoff import StepData
-from image3_dask.graph.tasks import TaskSpec, run_tasks
+from image3_dask.graph.tasks import TaskLedger, TaskSpec
 from image3_dask.io.asn import resolve_inputs
 from image3_dask.io.exposures import precheck_files, read_exposures, try_read_exposure_info
 from image3_dask.pipeline.cluster import connect
@@ -221,12 +221,16 @@ class Image3Pipeline:
     ) -> dict[str, Any]:
         """Validate the exposures on the cluster ``c`` and run the steps; returns the products."""
 
+        ledger = TaskLedger(
+            c, token, progress=progress, watcher=page.monitor if page is not None else None
+        )
+
         def on_cluster(items):
             tasks = [
                 TaskSpec("validate-exposure", p.name, try_read_exposure_info, (p, i))
                 for p, i in items
             ]
-            return run_tasks(c, tasks, token, label="reading exposures", progress=progress)
+            return ledger.wait(ledger.submit(tasks), "reading exposures")
 
         # validates every member (in parallel); nothing is written before this succeeds
         exposures = read_exposures(asn.members, mapper=on_cluster)
@@ -244,7 +248,7 @@ class Image3Pipeline:
                 work_dir=work_dir,
                 progress=progress,
                 token=token,
-                monitor=page.monitor if page is not None else None,
+                tasks=ledger,
             )
             ctx.products["dashboard"] = link
             try:
@@ -289,6 +293,7 @@ def _submit_steps(ctx: RunContext, exposures: list, timings: dict) -> StepData:
         data = module.submit(ctx, data)
         submitted[step] = time.perf_counter()
     ctx.tasks.step = ""
+    data = data.settled()
     ctx.finish_pending()
     for step, t0 in started.items():
         end = max(submitted[step], ctx.tasks.last_done(step) or 0.0)

@@ -9,15 +9,15 @@ coloured by the state of their latest per-exposure task (``tweakreg-catalog``,
 
 Where the states come from:
 
-- :func:`image3_dask.graph.tasks.run_tasks` tells the :class:`MosaicMonitor` of the run (through
-  :func:`~image3_dask.graph.tasks.watch_tasks`) when tasks are submitted (``waiting``) and when
+- the run's :class:`~image3_dask.graph.tasks.TaskLedger` tells the :class:`MosaicMonitor` (its
+  :class:`~image3_dask.graph.tasks.RunWatcher`) when tasks are submitted (``waiting``) and when
   they end (``done``, ``failed``, ``cancelled``); this is kept client-side, so a tile stays done
   after the scheduler has forgotten its task;
 - ``running`` comes from the scheduler (:meth:`distributed.Client.processing`, a built-in
   scheduler call, so nothing of image3-dask need be installed where the scheduler runs), asked
   at most every half second and only while someone watches the page;
 - the tiles and the output grid come from :func:`image3_dask.graph.plan.make_plan`, which hands
-  each plan to ``ctx.monitor`` (and the tiles of the tiled source catalog likewise); the
+  each plan to the watcher (and the tiles of the tiled source catalog likewise); the
   footprints are the exposures' edges mapped through their WCS and the grid's WCS.
 
 The page itself (HTML, CSS and JavaScript) is the package data file ``mosaic_page.html`` beside
@@ -32,11 +32,13 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
+
+from image3_dask.graph.tasks import RunWatcher
 
 log = logging.getLogger("image3_dask")
 
@@ -134,7 +136,7 @@ def footprint_polygon(
     return [[round(float(a), 2), round(float(b), 2)] for a, b in zip(ox[ok], oy[ok], strict=True)]
 
 
-class MosaicMonitor:
+class MosaicMonitor(RunWatcher):
     """What the page shows of one run: layouts of tiles, footprints, and every task's state.
 
     Parameters
@@ -423,7 +425,6 @@ class MosaicPage:
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
         #: Disconnects the monitor from the run's tasks (set by :func:`start_mosaic_page`).
-        self.unwatch: Callable[[], None] | None = None
         self._watched = threading.Event()
         self._final_served = threading.Event()
 
@@ -453,9 +454,6 @@ class MosaicPage:
         """
         if linger > 0 and self._watched.is_set() and self.monitor.status != "running":
             self._final_served.wait(linger)
-        if self.unwatch is not None:
-            self.unwatch()
-            self.unwatch = None
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(timeout=5)
@@ -514,9 +512,5 @@ def start_mosaic_page(client, token: str, port: int = 0, host: str = "127.0.0.1"
     MosaicPage
         Started; call :meth:`MosaicPage.stop` at the end of the run.
     """
-    from image3_dask.graph.tasks import watch_tasks
-
     monitor = MosaicMonitor(token)
-    page = MosaicPage(monitor, client, host=host, port=port).start()
-    page.unwatch = watch_tasks(token, monitor.task_event)
-    return page
+    return MosaicPage(monitor, client, host=host, port=port).start()
