@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,7 @@ def connect(
         When the scheduler cannot be reached or the cluster cannot be started; the message
         names the address.
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if client is not None:
         yield client
@@ -271,20 +272,17 @@ def connect(
         finally:
             slurm.close()
         return
-    n = n_workers or default_workers()
-    local = LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        memory_limit=memory_limit if memory_limit is not None else "auto",
-        dashboard_address=dashboard_address,
-        silence_logs=logging.ERROR,
-        security=security,
-        preload=[WORKER_PRELOAD],
-    )
-    c = Client(local, security=security)
+    from image3_dask.pipeline.local_cluster import start_local_cluster
+
+    t0 = time.perf_counter()
+    local = start_local_cluster(n_workers, memory_limit, dashboard_address, security)
     try:
-        yield c
+        c = Client(local, security=security)
+        try:
+            local.wait_until_ready(c)
+            log.info("Local cluster ready in %.1f s", time.perf_counter() - t0)
+            yield c
+        finally:
+            c.close()
     finally:
-        c.close()
         local.close()

@@ -1,0 +1,266 @@
+"""The local cluster: a scheduler in this process, each worker a ``dask worker`` program.
+
+Dask's ``LocalCluster`` starts its workers with :mod:`multiprocessing` ("spawn"), whose children
+re-run the caller's ``__main__`` module: a plain script without an ``if __name__ ==
+"__main__":`` guard would start the pipeline again in every worker (``Nanny failed to start``),
+and a script read from standard input (``python -``) cannot be re-run at all. Here each worker
+is started as its own program, ``python -m distributed.cli.dask_worker`` (with its nanny, one
+thread, the memory limit and the :mod:`image3_dask.pipeline.worker_setup` preload), so it never
+sees the caller's ``__main__``; scripts, ``python -c``, notebooks and programs already using
+:mod:`multiprocessing` all work. The scheduler and its dashboard run in this process, as with
+``LocalCluster``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from image3_dask.pipeline.cluster import WORKER_PRELOAD, ClusterError, default_workers
+
+log = logging.getLogger("image3_dask")
+
+__all__ = ["LocalProcessCluster", "WorkerProcess", "start_local_cluster", "worker_command"]
+
+#: Seconds a worker waits for a scheduler that has gone before it exits.
+DEATH_TIMEOUT = 60
+
+
+def worker_command(
+    scheduler: str, name: str, memory_limit: int | None, tls: dict[str, str] | None = None
+) -> list[str]:
+    """The command line of one local worker (a nanny and its single-threaded worker)."""
+    cmd = [sys.executable, "-m", "distributed.cli.dask_worker", scheduler]
+    cmd += ["--name", str(name), "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"]
+    cmd += ["--memory-limit", str(memory_limit or 0), "--nanny"]
+    cmd += ["--death-timeout", str(DEATH_TIMEOUT), "--preload", WORKER_PRELOAD]
+    for option, path in (tls or {}).items():
+        cmd += [f"--{option}", path]
+    return cmd
+
+
+def _worker_env() -> dict[str, str]:
+    """The environment of the workers: ours, with this image3_dask importable and quiet logs."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if package_root not in paths:
+        env["PYTHONPATH"] = os.pathsep.join([package_root, *paths])
+    # Worker-side messages below ERROR are not for users (as LocalCluster's silence_logs).
+    env.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _spec_base():
+    from distributed.deploy.spec import ProcessInterface
+
+    return ProcessInterface
+
+
+class WorkerProcess(_spec_base()):
+    """One local worker, started as its own ``dask worker`` process.
+
+    Parameters
+    ----------
+    scheduler : str
+        Address of the scheduler.
+    name : str or int
+        Worker name (as LocalCluster names them: 0, 1, ...).
+    memory_limit : int, optional
+        Bytes per worker (``None``: no limit).
+    tls : dict, optional
+        ``{"tls-ca-file": path, "tls-cert": path, "tls-key": path}`` for a ``tls://`` scheduler.
+    """
+
+    def __init__(self, scheduler: str, name, memory_limit: int | None = None, tls=None):
+        self.scheduler = scheduler
+        self.command = worker_command(scheduler, name, memory_limit, tls)
+        self.process: asyncio.subprocess.Process | None = None
+        super().__init__(scheduler=scheduler, name=name)
+
+    async def start(self) -> None:
+        # Its own session: Ctrl-C in the terminal reaches only the caller, which closes the
+        # cluster in order (the workers' own SIGINT tracebacks are not for users).
+        self.process = await asyncio.create_subprocess_exec(
+            *self.command,
+            stdin=subprocess.DEVNULL,
+            env=_worker_env(),
+            start_new_session=True,
+        )
+        await super().start()
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code of the worker program, ``None`` while it runs."""
+        return None if self.process is None else self.process.returncode
+
+    async def close(self) -> None:
+        proc = self.process
+        if proc is not None and proc.returncode is None:
+            proc.terminate()  # the nanny closes its worker and exits
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=10)
+            except TimeoutError:
+                with _suppress_lookup():
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        await super().close()
+
+
+class _suppress_lookup:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        return typ is not None and issubclass(typ, ProcessLookupError)
+
+
+def _spec_cluster():
+    from distributed import SpecCluster
+
+    return SpecCluster
+
+
+class LocalProcessCluster(_spec_cluster()):
+    """A :class:`distributed.SpecCluster` whose workers are :class:`WorkerProcess` programs."""
+
+    n_expected: int = 0
+
+    def wait_until_ready(self, client, timeout: float = 120.0) -> float:
+        """Wait until every worker has joined; return the seconds it took.
+
+        Raises
+        ------
+        ClusterError
+            When a worker program exits before joining, or they do not all join in
+            ``timeout`` seconds.
+        """
+        t0 = time.perf_counter()
+        deadline = t0 + timeout
+        while True:
+            try:
+                client.wait_for_workers(self.n_expected, timeout=0.5)
+                return time.perf_counter() - t0
+            except TimeoutError:
+                pass
+            dead = {
+                name: w.returncode
+                for name, w in self.workers.items()
+                if isinstance(w, WorkerProcess) and w.returncode is not None
+            }
+            if dead:
+                name, code = next(iter(dead.items()))
+                raise ClusterError(
+                    f"local worker {name} exited with code {code} while starting "
+                    f"(its messages are above); command: {' '.join(self.workers[name].command)}"
+                )
+            if time.perf_counter() > deadline:
+                joined = len(client.scheduler_info(n_workers=-1)["workers"])
+                raise ClusterError(
+                    f"only {joined} of {self.n_expected} local workers joined in {timeout:.0f} s"
+                )
+
+
+def _tls_files(security) -> tuple[object, dict[str, str] | None]:
+    """The scheduler's Security and the workers' ``--tls-*`` options for ``security``."""
+    if security is None or not getattr(security, "require_encryption", False):
+        return security, None
+    from distributed import Security
+
+    ca, cert, key = security.tls_ca_file, security.tls_client_cert, security.tls_client_key
+    if not (ca and cert and Path(str(ca)).is_file() and Path(str(cert)).is_file()):
+        raise ClusterError("a local TLS cluster needs the certificates as files (--tls-*)")
+    files = {"tls-ca-file": str(ca), "tls-cert": str(cert)}
+    if key:
+        files["tls-key"] = str(key)
+    sched = Security(
+        tls_ca_file=ca,
+        tls_scheduler_cert=cert,
+        tls_scheduler_key=key,
+        tls_client_cert=cert,
+        tls_client_key=key,
+        require_encryption=True,
+    )
+    return sched, files
+
+
+def start_local_cluster(
+    n_workers: int | None = None,
+    memory_limit: str | int | None = "auto",
+    dashboard_address: str | None = "127.0.0.1:8787",
+    security=None,
+) -> LocalProcessCluster:
+    """Start the scheduler here and ``n_workers`` worker programs; return without waiting.
+
+    Call :meth:`LocalProcessCluster.wait_until_ready` with a client to wait for them. A busy
+    dashboard port is one log line (the dashboard moves to a free port), not Dask's warning.
+
+    Raises
+    ------
+    ClusterError
+        When the memory limit is not understood or the scheduler cannot start.
+    """
+    from distributed import Scheduler
+    from distributed.worker_memory import parse_memory_limit
+
+    n = n_workers or default_workers()
+    try:
+        limit = parse_memory_limit(
+            memory_limit if memory_limit is not None else "auto", 1, total_cores=n, logger=log
+        )
+    except (ValueError, TypeError) as exc:
+        raise ClusterError(f"memory limit {memory_limit!r} not understood: {exc}") from None
+    each = f"{limit / 2**30:.1f} GiB each" if limit else "no memory limit"
+    log.info(
+        "Starting a local Dask cluster: %d worker process%s (1 thread, %s)...",
+        n,
+        "es" if n != 1 else "",
+        each,
+    )
+    sched_security, tls = _tls_files(security)
+    scheduler = {
+        "cls": Scheduler,
+        "options": {
+            "host": "127.0.0.1",
+            "port": 0,
+            "protocol": "tls://" if tls else "tcp://",
+            "security": sched_security,
+            "dashboard": dashboard_address is not None,
+            "dashboard_address": dashboard_address,
+        },
+    }
+    worker = {"cls": WorkerProcess, "options": {"memory_limit": limit, "tls": tls}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            cluster = LocalProcessCluster(
+                scheduler=scheduler,
+                workers={i: worker for i in range(n)},
+                worker=worker,
+                name="image3-dask-local",
+                silence_logs=logging.ERROR,
+                security=sched_security,
+            )
+        except OSError as exc:
+            raise ClusterError(f"cannot start the local scheduler: {exc}") from None
+    cluster.n_expected = n
+    for w in caught:
+        text = str(w.message)
+        if "already in use" in text:
+            port = text.split()[1]
+            log.warning(
+                "Dashboard port %s is in use (another Dask cluster?); the dashboard moves to "
+                "another port (see the dashboard line below)",
+                port,
+            )
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return cluster
