@@ -294,6 +294,12 @@ class TaskLedger:
             raise StepFailed(f"{label}: tasks were cancelled")
         return self.client.gather(list(futures))
 
+    def forget(self, futures: Sequence[Any]) -> None:
+        """Drop finished ``futures`` whose results the caller holds (Dask may free them)."""
+        keys = {f.key for f in futures}
+        with self._lock:
+            self._entries = [(t, f) for t, f in self._entries if f.key not in keys]
+
     def results(self, futures: Sequence[Any]) -> list[Any]:
         """The results of finished ``futures`` (after :meth:`finish`)."""
         return self.client.gather(list(futures)) if futures else []

@@ -80,8 +80,11 @@ class RunContext:
         return self.tasks.wait(futures, label)
 
     def run_now(self, tasks: list[TaskSpec], label: str) -> list:
-        """Submit ``tasks`` and wait for their results."""
-        return self.tasks.wait(self.tasks.submit(tasks), label)
+        """Submit ``tasks`` and wait for their results (the futures are then let go)."""
+        futures = self.tasks.submit(tasks)
+        results = self.tasks.wait(futures, label)
+        self.tasks.forget(futures)
+        return results
 
     @property
     def pending(self) -> list:
