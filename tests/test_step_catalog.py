@@ -424,6 +424,14 @@ def test_mode_and_tile_choice():
     assert choose_mode("auto", big, 4 * 2**30, False)[0] is False  # no store: cannot tile
     assert choose_mode("never", big, 4 * 2**30, True)[0] is False
     assert choose_mode("always", (100, 100), 4 * 2**30, True)[0] is True
+    # a mosaic that fits is still tiled on a cluster of several threads, to keep them busy...
+    box = (1000, 1000)
+    assert choose_mode("auto", (3730, 3740), 4 * 2**30, True, threads=2, box=box)[0] is True
+    # ...but not on one thread, with a single background box, or without the store
+    assert choose_mode("auto", (3730, 3740), 4 * 2**30, True, threads=1, box=box)[0] is False
+    assert choose_mode("auto", (900, 1000), 4 * 2**30, True, threads=8, box=box)[0] is False
+    assert choose_mode("auto", (3730, 3740), 4 * 2**30, False, threads=8, box=box)[0] is False
+    assert choose_mode("never", (3730, 3740), 4 * 2**30, True, threads=8, box=box)[0] is False
     with pytest.raises(InputError):
         choose_mode("always", (100, 100), None, False)
     assert BYTES_PER_PIXEL * 2000 * 2000 < 0.5 * 4 * 2**30
