@@ -1,4 +1,10 @@
-"""The ``image3-dask`` command: run, submit, status, cancel, certs, simulate, asn, config, demo."""
+"""The ``image3-dask`` command: run, strun, submit, status, cancel, certs, simulate, asn, config,
+demo.
+
+Options are spelled with dashes (``--output-dir``); jwst's underscore spellings
+(``--output_dir``) are accepted too, and ``--steps.<step>.<name>`` takes its value after ``=``
+or a space, as ``strun`` does.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +24,38 @@ log = logging.getLogger("image3_dask")
 __all__ = ["COMMANDS", "STEP_OVERRIDE_COMMANDS", "main"]
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
+def _setup_logging(
+    verbose: int,
+    quiet: bool,
+    level_name: str | None = None,
+    log_file: str | None = None,
+    log_stream: str | None = None,
+) -> None:
+    """Configure logging: ``-q``/``-v``/``-vv``, or strun's ``--log-level``/``--log-file``/
+    ``--log-stream``."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    if level_name:
+        named = logging.getLevelName(level_name.upper())
+        if not isinstance(named, int):
+            raise ConfigError(f"--log-level {level_name}: give DEBUG, INFO, WARNING or ERROR")
+        level = named
+    handlers: list[logging.Handler] = []
+    if log_stream is None or log_stream.lower() == "stderr":
+        handlers.append(logging.StreamHandler(sys.stderr))
+    elif log_stream.lower() == "stdout":
+        handlers.append(logging.StreamHandler(sys.stdout))
+    elif log_stream.lower() not in ("null", "none"):
+        raise ConfigError(f"--log-stream {log_stream}: give stdout, stderr or null")
+    if log_file:
+        handlers.append(logging.FileHandler(log_file))
+    if not handlers:
+        handlers.append(logging.NullHandler())
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=handlers,
+        force=True,
     )
     for noisy in ("distributed", "stpipe", "asdf", "gwcs", "tweakwcs", "stcal", "jwst", "bokeh"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
@@ -95,7 +129,13 @@ def _build_parser() -> argparse.ArgumentParser:
         description="JWST level-3 imaging (calwebb_image3) as a distributed Dask pipeline.",
     )
     parser.add_argument("--version", action="version", version=f"image3-dask {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more messages: Dask's errors too (-vv: debug messages)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -106,12 +146,119 @@ def _build_parser() -> argparse.ArgumentParser:
         "source_catalog. Step parameters: --steps.<step>.<name>=<value> (jwst names).",
     )
     p.add_argument("inputs", nargs="+", help="association JSON, exposure files, or glob patterns")
-    p.add_argument("-o", "--output-dir", default=".", help="folder for the products (default: .)")
-    p.add_argument("--config", help="TOML parameter file (see `image3-dask config`)")
+    p.add_argument("-o", "--output-dir", default=None, help="folder for the products (default: .)")
+    p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument(
         "--product-name", help="product name when inputs are files rather than an association"
     )
     p.add_argument("--keep-work", action="store_true", help="keep the intermediate work folder")
+    _add_page_args(p)
+    _add_cluster_args(p)
+
+    p = sub.add_parser(
+        "strun",
+        help="run calwebb_image3 as jwst's strun does (same arguments)",
+        description="As `strun calwebb_image3 ASN`: the first argument is calwebb_image3, "
+        "jwst.pipeline.Image3Pipeline, a .cfg file (collect_pipeline_cfgs) or an ASDF "
+        "parameter file (strun --save-parameters, CRDS pars-image3pipeline); parameters from "
+        "the file, then from the command line (--steps.<step>.<name>=<value> or a space).",
+    )
+    p.add_argument(
+        "pipeline", help="calwebb_image3, jwst.pipeline.Image3Pipeline, FILE.cfg or FILE.asdf"
+    )
+    p.add_argument("input", nargs="?", help="association JSON (or an exposure file)")
+    g = p.add_argument_group("strun's options (also spelled --output_dir...)")
+    g.add_argument("--output-dir", help="folder for the products (default: .)")
+    g.add_argument(
+        "--output-file", help="product name: <output_file>_i2d.fits... (default: association's)"
+    )
+    g.add_argument("--save-results", help="true (products are always written)")
+    g.add_argument("--input-dir", help="folder of a relative INPUT")
+    g.add_argument("--in-memory", help="accepted; memory is bounded by tiles either way")
+    g.add_argument(
+        "--save-parameters", metavar="FILE.asdf", help="write the parameters (jwst's ASDF)"
+    )
+    g.add_argument(
+        "--disable-crds-steppars",
+        action="store_true",
+        help="accepted; image3-dask never reads parameters from CRDS",
+    )
+    g.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    g.add_argument("--log-file", help="also write the messages to this file")
+    g.add_argument("--log-stream", help="stdout, stderr (default) or null")
+    g.add_argument("--logcfg", help="refused: stpipe's deprecated logging file")
+    g.add_argument("--debug", action="store_true", help="refused: no pdb on error")
+    g.add_argument(
+        "-v", "--verbose", dest="strun_verbose", action="store_true", help="debug messages"
+    )
+    _add_page_args(p)
+    _add_cluster_args(p)
+
+    p = sub.add_parser("simulate", help="write simulated JWST cal files and an association")
+    p.add_argument(
+        "--instrument", choices=["miri", "nircam"], default="miri", help="(default: miri)"
+    )
+    p.add_argument("--n", type=int, default=4, help="number of exposures (default: 4)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--pattern",
+        choices=["dither", "mosaic"],
+        default=None,
+        help="4-point dither or mosaic grid (default: dither for n<=4, mosaic otherwise)",
+    )
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=2,
+        metavar=("NY", "NX"),
+        help="detector shape override (default: the instrument's, 1024x1032 for MIRI)",
+    )
+
+    p = sub.add_parser(
+        "asn",
+        help="write an image3 association from a list of exposures",
+        description="Writes DIR/FILE (default ./asn.json) with member paths relative to it.",
+    )
+    p.add_argument("files", nargs="+", help="exposure files (*_cal.fits)")
+    p.add_argument("--product-name", required=True, help="name of the products (<name>_i2d.fits)")
+    p.add_argument(
+        "-o", "--output-dir", default=".", help="folder to write the association in (default: .)"
+    )
+    p.add_argument("--output", default="asn.json", help="file name (default: asn.json)")
+    p.add_argument("--asn-id", default="a3001", help="association id (default: a3001)")
+
+    p = sub.add_parser(
+        "config",
+        help="write every step's parameters with defaults and help (TOML or jwst's ASDF)",
+        description="Writes DIR/FILE (default ./image3.toml): TOML with the help of every "
+        "parameter, or jwst's ASDF parameter file when FILE ends in .asdf (jwst reads it: "
+        "`strun FILE.asdf ASN`). --from reads a parameter file (ours, .cfg or ASDF) and "
+        "--steps.<step>.<name>=<value> changes values, so a file converts both ways.",
+    )
+    p.add_argument(
+        "-o", "--output-dir", default=".", help="folder to write the file in (default: .)"
+    )
+    p.add_argument(
+        "--output", default="image3.toml", help="file name, .toml or .asdf (default: image3.toml)"
+    )
+    p.add_argument("--from", dest="source", metavar="FILE", help="start from this parameter file")
+
+    p = sub.add_parser(
+        "demo", help="simulate a 4-point MIRI dither, run the pipeline, show the results"
+    )
+    p.add_argument(
+        "--out", default="demo_output", help="folder for data and products (default: demo_output)"
+    )
+    p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+    p.add_argument(
+        "--shape", type=int, nargs=2, metavar=("NY", "NX"), help="detector shape override (faster)"
+    )
+    _add_cluster_args(p)
+    return _build_service_parsers(parser, sub)
+
+
+def _add_page_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mosaic-page-port",
         type=int,
@@ -121,44 +268,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "state (default: a free port, printed next to the dashboard's)",
     )
     p.add_argument("--no-mosaic-page", action="store_true", help="do not serve the mosaic page")
-    _add_cluster_args(p)
 
-    p = sub.add_parser("simulate", help="write simulated JWST cal files and an association")
-    p.add_argument("--instrument", choices=["miri", "nircam"], default="miri")
-    p.add_argument("--n", type=int, default=4, help="number of exposures")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--pattern",
-        choices=["dither", "mosaic"],
-        default=None,
-        help="4-point dither or mosaic grid (default: dither for n<=4, mosaic otherwise)",
-    )
-    p.add_argument(
-        "--shape", type=int, nargs=2, metavar=("NY", "NX"), help="detector shape override"
-    )
 
-    p = sub.add_parser("asn", help="write an image3 association from a list of exposures")
-    p.add_argument("files", nargs="+")
-    p.add_argument("--product-name", required=True)
-    p.add_argument("-o", "--output", default="asn.json")
-    p.add_argument("--asn-id", default="a3001")
-
-    p = sub.add_parser("config", help="write every step's parameters with defaults and help (TOML)")
-    p.add_argument("-o", "--output", default="image3.toml")
-
-    p = sub.add_parser(
-        "demo", help="simulate a 4-point MIRI dither, run the pipeline, show the results"
-    )
-    p.add_argument(
-        "--out", default="demo_output", help="folder for data and products (default: demo_output)"
-    )
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument(
-        "--shape", type=int, nargs=2, metavar=("NY", "NX"), help="detector shape override (faster)"
-    )
-    _add_cluster_args(p)
-
+def _build_service_parsers(parser, sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "submit",
         help="hand a run to a running Dask cluster and return at once",
@@ -167,8 +279,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "The workers must see the inputs and the output folder under the same paths.",
     )
     p.add_argument("inputs", nargs="+", help="association JSON, exposure files, or glob patterns")
-    p.add_argument("-o", "--output-dir", default=".", help="folder for the products (default: .)")
-    p.add_argument("--config", help="TOML parameter file (see `image3-dask config`)")
+    p.add_argument("-o", "--output-dir", default=None, help="folder for the products (default: .)")
+    p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument(
         "--product-name", help="product name when inputs are files rather than an association"
     )
@@ -224,11 +336,52 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CONFIG_HELP = (
+    "parameter file: ours (TOML, see `image3-dask config`), or jwst's .cfg or ASDF "
+    "(strun --save-parameters, CRDS pars-*); --steps.* options override it"
+)
+
+#: Short flags that never are the value of a ``--steps.<step>.<name> VALUE`` option.
+_FLAGS = frozenset({"-v", "-vv", "-q", "-o"})
+
+
 def _split_step_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Take out ``--steps.<step>.<name>=<value>`` (or ``... <value>``, as strun) options.
+
+    Returns the other arguments and the overrides as ``steps.<step>.<name>=<value>`` strings.
+
+    Raises
+    ------
+    ConfigError
+        When a ``--steps`` option has no value.
+    """
     rest, overrides = [], []
-    for a in argv:
-        (overrides if a.lstrip("-").startswith("steps.") else rest).append(a)
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.lstrip("-").startswith("steps."):
+            if "=" not in a:
+                nxt = argv[i + 1] if i + 1 < len(argv) else None
+                if nxt is None or nxt.startswith("--") or nxt in _FLAGS:
+                    raise ConfigError(f"{a}: give a value ({a}=VALUE or {a} VALUE)")
+                a = f"{a}={nxt}"
+                i += 1
+            overrides.append(a)
+        else:
+            rest.append(a)
+        i += 1
     return rest, overrides
+
+
+def _dashed(argv: list[str]) -> list[str]:
+    """jwst's underscore spellings of long options (``--output_dir``) as ours (``--output-dir``)."""
+    out = []
+    for a in argv:
+        if a.startswith("--") and not a.startswith("--steps."):
+            name, eq, value = a.partition("=")
+            a = name.replace("_", "-") + eq + value
+        out.append(a)
+    return out
 
 
 def _security(args):
@@ -287,7 +440,111 @@ def _remote_client(args):
 def cmd_run(args) -> int:
     from image3_dask.pipeline.image3 import Image3Pipeline
 
+    log.info("image3-dask %s: checking the inputs and parameters", __version__)
     products = _execute(Image3Pipeline(_load_config(args)), args)
+    _print_products(products)
+    return 0
+
+
+def _bool_option(value: str | None, name: str) -> bool | None:
+    if value is None:
+        return None
+    s = value.strip().lower()
+    if s in ("true", "yes", "1", "on"):
+        return True
+    if s in ("false", "no", "0", "off"):
+        return False
+    raise ConfigError(f"--{name} {value}: give true or false")
+
+
+def strun_config(args):
+    """The configuration and pipeline options of ``image3-dask strun``, as jwst's strun.
+
+    Precedence: defaults < the parameter file given as first argument < the command line.
+    ``save_results`` is true (strun always saves the products of the pipeline it runs).
+    """
+    from image3_dask.pipeline.config import PipelineConfig
+    from image3_dask.pipeline.image3 import check_runnable
+    from image3_dask.pipeline.jwst_params import (
+        PipelineOptions,
+        classify,
+        load_parameter_file,
+        read_class,
+        split_pipeline_parameters,
+    )
+
+    if args.debug:
+        raise ConfigError("--debug (pdb on error) is not available in image3-dask strun")
+    if args.logcfg:
+        raise ConfigError(
+            "--logcfg: stpipe's deprecated logging file is not read; use --log-level, "
+            "--log-file or --log-stream"
+        )
+    config, options = PipelineConfig(), PipelineOptions()
+    first = args.pipeline
+    looks_like_file = (
+        Path(first).suffix.lower() in (".cfg", ".asdf", ".toml") or Path(first).is_file()
+    )
+    if looks_like_file:
+        cls = read_class(first)
+        if cls is not None and classify(cls) != "pipeline":
+            raise ConfigError(
+                f"{first} is a parameter file of step {classify(cls)}: image3-dask runs the whole "
+                f"calwebb_image3 pipeline; give it as --config, or as a pipeline file's "
+                f"[[{classify(cls)}]] config_file"
+            )
+        steps, options = load_parameter_file(first)
+        config.update(steps, source=first)
+    elif classify(first) != "pipeline":
+        raise ConfigError(
+            f"{first}: image3-dask runs the whole calwebb_image3 pipeline, not a step alone; "
+            f"skip the other steps with --steps.<step>.skip=true"
+        )
+    if args.save_results is not None and _bool_option(args.save_results, "save_results") is False:
+        raise ConfigError(
+            "--save_results false: image3-dask always writes its products (as strun does)"
+        )
+    options.update(
+        split_pipeline_parameters(
+            {
+                "output_dir": args.output_dir,
+                "output_file": args.output_file,
+                "input_dir": args.input_dir,
+                "in_memory": args.in_memory,
+            },
+            "",
+        )
+    )
+    config.apply_overrides(args.step_overrides)
+    options.save_results = True
+    config.update(
+        {s: {"save_results": True} for s in ("outlier_detection", "resample", "source_catalog")}
+    )
+    check_runnable(config)
+    return config, options
+
+
+def cmd_strun(args) -> int:
+    from image3_dask.pipeline.image3 import Image3Pipeline
+    from image3_dask.pipeline.jwst_params import write_asdf
+
+    config, options = strun_config(args)
+    if args.save_parameters:
+        path = write_asdf(config, args.save_parameters, options)
+        log.info("Step/Pipeline parameters saved to %s", path)
+        if args.input is None:
+            return 0
+    if args.input is None:
+        raise ConfigError("give the association to run (strun PIPELINE ASN.json)")
+    source = Path(args.input)
+    if options.input_dir and not source.is_absolute():
+        source = Path(options.input_dir) / source
+    args.inputs = [str(source)]
+    args.output_dir = options.output_dir or "."
+    args.product_name = options.product_name
+    args.keep_work = False
+    log.info("image3-dask %s: calwebb_image3 on %s", __version__, source)
+    products = _execute(Image3Pipeline(config), args)
     _print_products(products)
     return 0
 
@@ -303,6 +560,7 @@ def _execute(pipeline, args) -> dict:
     )
     cluster = _cluster_kwargs(args)
     remote = cluster["scheduler"] or cluster["scheduler_file"] or cluster["cluster"] != "local"
+    # (run() logs the dashboard's address, once)
     if not (args.report or remote):
         # Local cluster: the inputs are validated before the cluster is started.
         return pipeline.run(
@@ -319,7 +577,6 @@ def _execute(pipeline, args) -> dict:
 
     # A remote scheduler is reached before anything is written in the output folder.
     with connect(**cluster) as client:
-        log.info("Dask dashboard: %s", client.dashboard_link)
         if not args.report:
             return pipeline.run(inputs, output_dir, client=client, **kwargs)
         from distributed import performance_report
@@ -366,10 +623,21 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def _output_path(args, default_name: str) -> Path:
+    """``-o DIR`` (a folder, as for ``run``) joined with ``--output FILE``."""
+    folder = Path(args.output_dir)
+    if folder.suffix.lower() in (".json", ".toml", ".asdf", ".cfg") and not folder.is_dir():
+        raise ConfigError(
+            f"-o {args.output_dir}: -o names a folder (as for `run`); give the file name "
+            f"with --output {folder.name}"
+        )
+    return folder / (args.output or default_name)
+
+
 def cmd_asn(args) -> int:
     from image3_dask.io.asn import make_association, write_association
 
-    out = Path(args.output)
+    out = _output_path(args, "asn.json")
     asn = make_association(
         args.files, args.product_name, args.asn_id, relative_to=out.resolve().parent
     )
@@ -380,8 +648,20 @@ def cmd_asn(args) -> int:
 
 def cmd_config(args) -> int:
     from image3_dask.pipeline.config import PipelineConfig
+    from image3_dask.pipeline.jwst_params import PipelineOptions, load_parameter_file, write_asdf
 
-    path = PipelineConfig().write_toml(args.output)
+    config, options = PipelineConfig(), PipelineOptions()
+    if args.source:
+        steps, options = load_parameter_file(args.source)
+        config.update(steps, source=args.source)
+    config.apply_overrides(args.step_overrides)
+    out = _output_path(args, "image3.toml")
+    if out.suffix.lower() == ".asdf":
+        path = write_asdf(config, out, options)
+    elif out.suffix.lower() == ".toml":
+        path = config.write_toml(out)
+    else:
+        raise ConfigError(f"--output {out.name}: give a .toml or .asdf file name")
     print(f"wrote {path}")
     return 0
 
@@ -409,11 +689,25 @@ def cmd_demo(args) -> int:
 
 
 def _load_config(args):
-    """The step parameters of ``run``/``submit``: defaults, ``--config``, ``--steps.*``."""
-    from image3_dask.pipeline.config import PipelineConfig
+    """The step parameters of ``run``/``submit``: defaults, ``--config``, ``--steps.*``.
 
-    config = PipelineConfig.from_toml(args.config) if args.config else PipelineConfig()
+    A jwst parameter file may also set the output folder and the product name
+    (``output_dir``, ``output_file``); the command line's win.
+    """
+    from image3_dask.pipeline.config import PipelineConfig
+    from image3_dask.pipeline.image3 import check_runnable
+    from image3_dask.pipeline.jwst_params import PipelineOptions, load_parameter_file
+
+    config, options = PipelineConfig(), PipelineOptions()
+    if args.config:
+        steps, options = load_parameter_file(args.config)
+        config.update(steps, source=args.config)
     config.apply_overrides(args.step_overrides)
+    check_runnable(config)
+    if args.output_dir is None:
+        args.output_dir = options.output_dir or "."
+    if args.product_name is None:
+        args.product_name = options.product_name
     return config
 
 
@@ -541,6 +835,7 @@ def cmd_certs(args) -> int:
 #: Subcommand -> handler; a handler takes the parsed arguments and returns the exit code.
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
+    "strun": cmd_strun,
     "simulate": cmd_simulate,
     "asn": cmd_asn,
     "config": cmd_config,
@@ -552,7 +847,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 #: Subcommands that take ``--steps.<step>.<name>=<value>`` options (``args.step_overrides``).
-STEP_OVERRIDE_COMMANDS = frozenset({"run", "submit"})
+STEP_OVERRIDE_COMMANDS = frozenset({"run", "strun", "submit", "config"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -561,13 +856,31 @@ def main(argv: list[str] | None = None) -> int:
     # Worker tracebacks are reported once, as one message, by the step that failed.
     verbose = any(a in ("-v", "-vv", "--verbose") for a in argv)
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error" if verbose else "critical")
-    argv, overrides = _split_step_overrides(argv)
     parser = _build_parser()
+    try:
+        argv, overrides = _split_step_overrides(_dashed(argv))
+    except ConfigError as exc:
+        parser.error(str(exc))
     args = parser.parse_args(argv)
     if overrides and args.command not in STEP_OVERRIDE_COMMANDS:
-        parser.error("--steps.<step>.<name>=<value> options only go with `run` and `submit`")
+        parser.error(
+            "--steps.<step>.<name>=<value> options only go with "
+            + ", ".join(f"`{c}`" for c in sorted(STEP_OVERRIDE_COMMANDS))
+        )
     args.step_overrides = overrides
-    _setup_logging(args.verbose, args.quiet)
+    try:
+        if args.command == "strun":
+            _setup_logging(
+                2 if args.strun_verbose else args.verbose,
+                args.quiet,
+                args.log_level,
+                args.log_file,
+                args.log_stream,
+            )
+        else:
+            _setup_logging(args.verbose, args.quiet)
+    except ConfigError as exc:
+        parser.error(str(exc))
     try:
         return COMMANDS[args.command](args)
     except Image3Error as exc:

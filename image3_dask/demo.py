@@ -1,7 +1,10 @@
 """``image3-dask demo``: the official MIRI Image3 notebook's walk-through, on simulated data.
 
 Simulates a 4-point MIRI dither with known truth, runs the pipeline on a local cluster, prints
-the first catalog rows and writes a PNG of the mosaic with the detected sources circled.
+the first catalog rows and writes two PNGs of the mosaic with the detected sources circled:
+``mosaic.png`` (asinh stretch) and ``mosaic_log.png``, drawn as the notebook draws the i2d
+(LogNorm, colour bar, NaN pixels in their own colour, photutils ``CircularAperture`` circles;
+:func:`image3_dask.plotting.plot_i2d`).
 """
 
 from __future__ import annotations
@@ -85,7 +88,6 @@ def run_demo(
         from image3_dask.pipeline.cluster import connect
 
         with connect(**cluster) as client, performance_report(filename=report):
-            print(f"Dask dashboard: {client.dashboard_link}")
             products = pipeline.run(sim.asn_path, out / "output", client=client, progress=not quiet)
     else:
         products = pipeline.run(sim.asn_path, out / "output", progress=not quiet, **cluster)
@@ -119,6 +121,11 @@ def run_demo(
         png = plot_mosaic(
             Path(i2d), Path(cat_path) if cat_path else None, out / "output" / "mosaic.png"
         )
-        print(f"\nMosaic picture: {png}")
+        from image3_dask.plotting import plot_i2d
+
+        log_png = out / "output" / "mosaic_log.png"
+        plot_i2d(i2d, cat_path, png=log_png)
+        print(f"\nMosaic pictures: {png} (asinh stretch), {log_png} (as the notebook: LogNorm)")
         products["png"] = png
+        products["png_log"] = log_png
     return products

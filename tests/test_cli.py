@@ -29,7 +29,7 @@ def _cli(*args, cwd=None):
 
 
 def test_config_writes_every_step(tmp_path):
-    assert main(["config", "-o", str(tmp_path / "c.toml")]) == 0
+    assert main(["config", "-o", str(tmp_path), "--output", "c.toml"]) == 0
     text = (tmp_path / "c.toml").read_text()
     for step in ("tweakreg", "skymatch", "outlier_detection", "resample", "source_catalog"):
         assert f"[steps.{step}]" in text
@@ -38,7 +38,16 @@ def test_config_writes_every_step(tmp_path):
 def test_asn_writes_relative_members(tmp_path, small_dither):
     out = tmp_path / "my_asn.json"
     assert (
-        main(["asn", *map(str, small_dither.cal_paths), "--product-name", "prod", "-o", str(out)])
+        main(
+            [
+                "asn",
+                *map(str, small_dither.cal_paths),
+                "--product-name",
+                "prod",
+                "--output",
+                str(out),
+            ]
+        )
         == 0
     )
     asn = json.loads(out.read_text())
@@ -123,11 +132,11 @@ def test_every_subcommand_has_a_handler():
     assert set(sub.choices) == set(COMMANDS)
 
 
-def test_step_overrides_only_with_run_and_submit(capsys):
+def test_step_overrides_only_with_commands_that_take_parameters(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["config", "--steps.resample.pixfrac=0.5"])
+        main(["simulate", "--out", "x", "--steps.resample.pixfrac=0.5"])
     assert exc.value.code == 2
-    assert "only go with `run` and `submit`" in capsys.readouterr().err
+    assert "only go with `config`, `run`, `strun`, `submit`" in capsys.readouterr().err
 
 
 @pytest.fixture

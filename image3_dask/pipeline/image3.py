@@ -119,30 +119,65 @@ class Image3Pipeline:
     def call(
         cls,
         inputs: str | os.PathLike | list,
-        output_dir: str | os.PathLike = ".",
+        output_dir: str | os.PathLike | None = None,
         steps: dict[str, dict[str, Any]] | None = None,
         config_file: str | os.PathLike | None = None,
-        **run_kwargs: Any,
+        *,
+        save_results: bool | None = None,
+        output_file: str | None = None,
+        input_dir: str | os.PathLike | None = None,
+        configure_log: bool = True,
+        logcfg: str | None = None,
+        **kwargs: Any,
     ) -> dict[str, Any]:
         """Run the pipeline on an association (or files) and return the products.
+
+        Takes the keyword arguments of jwst's ``Image3Pipeline.call``; what image3-dask cannot
+        honour is a :class:`~image3_dask.errors.ConfigError` before anything runs.
 
         Parameters
         ----------
         inputs : path-like or list
             Association JSON, exposure files, or glob patterns.
-        output_dir : path-like
-            Folder for the products.
+        output_dir : path-like, optional
+            Folder for the products (default: the current folder, as jwst).
         steps : dict, optional
-            ``{step: {parameter: value}}`` overrides.
+            ``{step: {parameter: value}}``, jwst's names (``assign_mtwcs`` is accepted; it only
+            acts on moving targets, which are not supported).
         config_file : path-like, optional
-            TOML configuration (as written by ``image3-dask config``); ``steps`` override it.
-        **run_kwargs
-            Passed to :meth:`run` (``scheduler``, ``n_workers``, ``memory_limit``, ``client``...).
+            Parameter file: ours (TOML, ``image3-dask config``), or jwst's ``.cfg`` or ASDF
+            (``strun --save-parameters``, CRDS ``pars-*``); ``steps`` and keywords override it.
+        save_results : bool, optional
+            jwst's switch for writing the products. image3-dask always writes them (the mosaic
+            is not held in memory), so ``False`` is refused; ``True`` also sets the
+            ``save_results`` of outlier_detection, resample and source_catalog, as jwst does.
+        output_file : str, optional
+            Product name (``<output_file>_i2d.fits``...) instead of the association's.
+        input_dir : path-like, optional
+            Folder of a relative ``inputs`` path.
+        configure_log : bool
+            Show image3-dask's INFO messages on standard error during the call when logging is
+            not configured yet (jwst's default); ``False`` leaves logging alone.
+        logcfg : str, optional
+            stpipe's deprecated logging file: refused (configure the ``image3_dask`` logger).
+        **kwargs
+            Passed to :meth:`run` (``scheduler``, ``n_workers``, ``memory_limit``, ``client``,
+            ``product_name``...), or stpipe's parameters of the pipeline (``in_memory``,
+            ``output_ext``, ``suffix``...) at the values jwst uses.
         """
-        config = PipelineConfig.from_toml(config_file) if config_file else PipelineConfig()
-        if steps:
-            config.update(steps)
-        return cls(config).run(inputs, output_dir=output_dir, **run_kwargs)
+        config, run_kwargs = jwst_call_arguments(
+            inputs,
+            output_dir=output_dir,
+            steps=steps,
+            config_file=config_file,
+            save_results=save_results,
+            output_file=output_file,
+            input_dir=input_dir,
+            logcfg=logcfg,
+            kwargs=kwargs,
+        )
+        with _call_logging(configure_log):
+            return cls(config).run(**run_kwargs)
 
     def run(
         self,
@@ -326,3 +361,163 @@ def _start_mosaic_page(client, token: str, port: int | None, progress: bool):
         return None
     (log.info if progress else log.debug)("Mosaic page: %s", page.url)
     return page
+
+
+#: Keyword arguments of :meth:`Image3Pipeline.run` that :meth:`Image3Pipeline.call` passes on.
+RUN_KEYWORDS = (
+    "product_name",
+    "scheduler",
+    "n_workers",
+    "memory_limit",
+    "dashboard_address",
+    "security",
+    "client",
+    "progress",
+    "keep_work",
+    "mosaic_page",
+)
+#: stpipe's parameters of a pipeline, accepted by ``call`` at the values jwst uses.
+STPIPE_KEYWORDS = (
+    "in_memory",
+    "skip",
+    "suffix",
+    "output_ext",
+    "output_use_model",
+    "output_use_index",
+    "search_output_file",
+    "pre_hooks",
+    "post_hooks",
+)
+
+
+def check_runnable(config: PipelineConfig) -> None:
+    """Refuse a configuration that cannot produce anything, before a cluster starts.
+
+    Raises
+    ------
+    ConfigError
+        When every step is skipped, or resample is asked not to write the mosaic (it is the
+        product every later use reads; image3-dask never holds it in memory).
+    """
+    if all(config[step].skip for step in STEP_ORDER):
+        raise ConfigError(
+            "every step is skipped (" + ", ".join(STEP_ORDER) + "): there is nothing to run"
+        )
+    if not config["resample"].skip and config["resample"].save_results is False:
+        raise ConfigError(
+            "steps.resample.save_results=false: image3-dask always writes the mosaic "
+            "(<product>_i2d.fits); drop the option"
+        )
+
+
+def jwst_call_arguments(
+    inputs,
+    *,
+    output_dir=None,
+    steps=None,
+    config_file=None,
+    save_results=None,
+    output_file=None,
+    input_dir=None,
+    logcfg=None,
+    kwargs: dict[str, Any],
+) -> tuple[PipelineConfig, dict[str, Any]]:
+    """The configuration and :meth:`Image3Pipeline.run` arguments of a jwst-style ``call``.
+
+    Precedence as jwst: defaults < ``config_file`` < ``steps`` and keywords.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown keyword, step or parameter, or one image3-dask cannot honour.
+    """
+    from image3_dask.pipeline.jwst_params import (
+        PipelineOptions,
+        load_parameter_file,
+        split_pipeline_parameters,
+        step_parameters,
+    )
+
+    if logcfg is not None:
+        raise ConfigError(
+            "logcfg: stpipe's (deprecated) logging file is not read by image3-dask; configure "
+            "the 'image3_dask' logger with Python's logging module, or pass configure_log=False"
+        )
+    unknown = sorted(set(kwargs) - set(RUN_KEYWORDS) - set(STPIPE_KEYWORDS))
+    if unknown:
+        raise ConfigError(
+            f"Image3Pipeline.call: unknown keyword argument(s) {', '.join(unknown)}; "
+            "pipeline parameters: output_dir, output_file, save_results, input_dir, steps, "
+            "config_file, configure_log, "
+            + ", ".join(STPIPE_KEYWORDS)
+            + "; run options: "
+            + ", ".join(RUN_KEYWORDS)
+        )
+    config = PipelineConfig()
+    options = PipelineOptions()
+    if config_file is not None:
+        file_steps, file_options = load_parameter_file(config_file)
+        config.update(file_steps, source=str(config_file))
+        options.update(file_options)
+    given = {k: kwargs.pop(k) for k in STPIPE_KEYWORDS if k in kwargs}
+    given.update(
+        output_dir=None if output_dir is None else os.fspath(output_dir),
+        output_file=output_file,
+        input_dir=None if input_dir is None else os.fspath(input_dir),
+        save_results=save_results,
+    )
+    options.update(split_pipeline_parameters(given, ""))
+    for step, values in (steps or {}).items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"steps.{step}: expected a dictionary of parameters")
+        if step == "assign_mtwcs":
+            step_parameters(step, values, "steps.assign_mtwcs")
+        elif step in STEP_ORDER:
+            config.update({step: step_parameters(step, values, f"steps.{step}")})
+        else:
+            config.update({step: values})  # names the valid steps
+    if options.save_results is False:
+        raise ConfigError(
+            "save_results=False: image3-dask always writes its products in output_dir (the "
+            "mosaic is not held in memory); pass save_results=True or leave it out"
+        )
+    if options.save_results:
+        config.update({s: {"save_results": True} for s in _SAVED_BY_PIPELINE})
+    check_runnable(config)
+    if options.input_dir and isinstance(inputs, (str, os.PathLike)):
+        if not Path(inputs).is_absolute():
+            inputs = Path(options.input_dir) / inputs
+    run_kwargs = dict(kwargs)
+    run_kwargs["inputs"] = inputs
+    run_kwargs["output_dir"] = options.output_dir or "."
+    if options.product_name and run_kwargs.get("product_name") is None:
+        run_kwargs["product_name"] = options.product_name
+    return config, run_kwargs
+
+
+#: Steps whose ``save_results`` jwst's calwebb_image3 sets from the pipeline's.
+_SAVED_BY_PIPELINE = ("outlier_detection", "resample", "source_catalog")
+
+
+class _call_logging:
+    """jwst's ``configure_log``: INFO messages on standard error while the call runs."""
+
+    def __init__(self, enabled: bool):
+        self.handler = None
+        self.enabled = enabled and not log.handlers and not logging.getLogger().handlers
+        self.level = log.level
+
+    def __enter__(self):
+        if self.enabled:
+            self.handler = logging.StreamHandler()
+            self.handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
+            )
+            log.addHandler(self.handler)
+            log.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        if self.handler is not None:
+            log.removeHandler(self.handler)
+            log.setLevel(self.level)
