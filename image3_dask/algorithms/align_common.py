@@ -28,6 +28,30 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+class ShiftSearchMessages(logging.Filter):
+    """Log tweakwcs's initial-shift search messages at INFO, not WARNING.
+
+    While it looks for the offset between two catalogs, ``tweakwcs.matchutils`` warns when
+    one histogram has no pair within ``searchrad`` or its peak's significance cannot be
+    estimated (a single clear peak), even when the fit that follows aligns the exposures
+    perfectly. The outcome is what deserves a warning, and the solvers give it (an exposure
+    with too few matches keeps its WCS, with a warning naming it); these intermediate
+    messages are information.
+    """
+
+    MESSAGES = ("No matches found within a search radius", "Unable to estimate significance")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith(self.MESSAGES):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_MATCH_LOG = logging.getLogger("tweakwcs.matchutils")
+if not any(isinstance(f, ShiftSearchMessages) for f in _MATCH_LOG.filters):
+    _MATCH_LOG.addFilter(ShiftSearchMessages())
+
+
 @dataclass
 class AlignResult:
     """Result of an alignment.
