@@ -117,9 +117,11 @@ MEDIAN = {**STATKW, "skystat": "median"}
 def test_solve_sky_matches_stcal(exposures, method, match_down, use_groups):
     ref = _stcal_levels(exposures, method, match_down, use_groups, STATKW)
     ours = _ours(exposures, method, match_down, use_groups, STATKW)
+    # measured: bit-identical levels for every method (the same statistics of the same pixels
+    # in the same overlaps, solved the same way); 1e-12 leaves room for the order of additions
     for name, (level, valid) in ref.items():
         assert ours[name].valid == valid
-        assert ours[name].level == pytest.approx(level, rel=0.01, abs=1e-3 * NOISE)
+        assert ours[name].level == pytest.approx(level, rel=1e-12, abs=1e-12 * NOISE), name
 
 
 def test_sky_levels_recovered(exposures):

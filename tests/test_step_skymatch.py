@@ -133,8 +133,15 @@ def test_through_pipeline_api(client, small_dither, tmp_path):
 
 
 @pytest.mark.jwst
-@pytest.mark.parametrize("method", ["match", "global+match"])
+@pytest.mark.parametrize("method", ["match", "global+match", "global", "local"])
 def test_parity_with_jwst_skymatch(client, small_dither, infos, tmp_path, method):
+    """Sky levels equal jwst's SkyMatchStep (stcal) to 1e-12 relative.
+
+    Measured with jwst 3.0.0: bit-identical for every method (the same sky statistics of the
+    same pixels in the same overlaps, solved the same way); 1e-12 leaves room for the order of
+    additions only. Any change of the mask, the overlap polygons, the statistic or the solve
+    shows as a relative difference of 1e-6 or more.
+    """
     pytest.importorskip("jwst")
     from jwst.skymatch import SkyMatchStep
 
@@ -148,11 +155,13 @@ def test_parity_with_jwst_skymatch(client, small_dither, infos, tmp_path, method
             assert model.meta.filename == e.path.name
             ref = model.meta.background.level
             assert model.meta.background.subtracted is False
-            assert abs(e.background_level - ref) <= 0.01 * max(abs(ref), 1e-3 * scale), (
+            assert e.background_level == pytest.approx(ref, rel=1e-12, abs=1e-12 * scale), (
                 e.name,
                 e.background_level,
                 ref,
             )
-            worst = max(worst, abs(e.background_level - ref))
+            worst = max(worst, abs(e.background_level - ref) / max(abs(ref), 1e-12 * scale))
             lib.shelve(model, i, modify=False)
-    print(f"{method}: max |ours - jwst| = {worst:.2e} MJy/sr")
+    print(f"{method}: max |ours - jwst| / jwst = {worst:.2e}")
+    # the comparison is not vacuous: the levels differ between exposures
+    assert np.ptp([e.background_level for e in ours]) > 0.01 * scale or method == "global"
