@@ -440,7 +440,6 @@ def _remote_client(args):
 def cmd_run(args) -> int:
     from image3_dask.pipeline.image3 import Image3Pipeline
 
-    log.info("image3-dask %s: checking the inputs and parameters", __version__)
     products = _execute(Image3Pipeline(_load_config(args)), args)
     _print_products(products)
     return 0
@@ -543,7 +542,6 @@ def cmd_strun(args) -> int:
     args.output_dir = options.output_dir or "."
     args.product_name = options.product_name
     args.keep_work = False
-    log.info("image3-dask %s: calwebb_image3 on %s", __version__, source)
     products = _execute(Image3Pipeline(config), args)
     _print_products(products)
     return 0
