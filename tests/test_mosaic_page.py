@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import threading
@@ -274,13 +275,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Set (to 1) by .ci/run when it installed chromium and its driver: the browser test must run.
+REQUIRE_BROWSER = "IMAGE3_REQUIRE_BROWSER"
+
+
 def _chromium() -> tuple[str, str]:
+    """Chromium and chromedriver; skip without them, unless :data:`REQUIRE_BROWSER` says fail."""
+    required = os.environ.get(REQUIRE_BROWSER, "") not in ("", "0")
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not browser or not driver:
-        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs "
-                    "them: apt-get install chromium chromium-driver)")
-    pytest.importorskip("selenium", reason="selenium (the [test] extra) is not installed")
+        missing = " and ".join(n for n, p in (("chromium", browser), ("chromedriver", driver))
+                               if not p)
+        msg = (f"{missing} not found: Debian's chromium and chromium-driver are not installed "
+               "(.ci/run installs them: apt-get install chromium chromium-driver)")
+        if required:
+            pytest.fail(f"{REQUIRE_BROWSER}=1 but {msg}", pytrace=False)
+        pytest.skip(msg)
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        msg = "selenium (the [test] extra) is not installed"
+        if required:
+            pytest.fail(f"{REQUIRE_BROWSER}=1 but {msg}", pytrace=False)
+        pytest.skip(msg)
     return browser, driver
 
 
