@@ -207,3 +207,28 @@ def test_good_pixel_mask_dqbits():
 def test_solve_sky_bad_method():
     with pytest.raises(ValueError):
         solve_sky({}, skymethod="user")
+
+
+def test_find_neighbours_equals_every_pair_tested_exactly():
+    """The bounding-cap prefilter skips only pairs that cannot touch (random small polygons
+    over the sky, near each other and far apart, also across RA = 0)."""
+    from spherical_geometry.polygon import SphericalPolygon
+
+    rng = np.random.default_rng(5)
+    fps = {}
+    for k in range(60):
+        ra0 = rng.choice([0.0, 120.0, 359.9]) + rng.normal(0, 0.05)
+        dec0 = rng.choice([-89.9, -30.0, 0.0, 60.0]) + rng.normal(0, 0.05)
+        half = rng.uniform(0.005, 0.05)
+        ra = ra0 + half * np.array([-1, 1, 1, -1, -1]) / max(np.cos(np.deg2rad(dec0)), 0.05)
+        dec = np.clip(dec0 + half * np.array([-1, -1, 1, 1, -1]), -89.999, 89.999)
+        fps[k] = SphericalPolygon.from_radec(ra, dec)
+    units = {k: k // 2 for k in fps}  # pairs of exposures share a unit
+    got = find_neighbours(fps, units)
+    brute = {k: set() for k in fps}
+    for a in fps:
+        for b in fps:
+            if units[a] != units[b] and fps[a].intersects_poly(fps[b]):
+                brute[a].add(units[b])
+    assert {k: set(v) for k, v in got.items()} == brute
+    assert sum(len(v) for v in brute.values()) > 20  # the test has neighbours to find

@@ -131,6 +131,32 @@ def sky_footprint(
     return SphericalPolygon.from_radec(ra, dec)
 
 
+def _cap_overlaps(polygons: Sequence[SphericalPolygon]) -> np.ndarray:
+    """Which pairs of polygons may touch: their bounding caps overlap (``n x n`` bool).
+
+    The cap of a polygon is centred on the normalised mean of its vertices with the largest
+    angle to a vertex as radius; a small polygon (every cap under 90 degrees) lies inside it,
+    so polygons whose caps do not overlap cannot intersect. A polygon whose cap would reach
+    90 degrees or more is paired with every other one. This spares the exact intersection
+    test for the pairs far apart (all but a few neighbours of each exposure in a mosaic).
+    """
+    n = len(polygons)
+    centres = np.zeros((n, 3))
+    radii = np.full(n, np.pi)
+    for k, poly in enumerate(polygons):
+        pts = np.concatenate([np.asarray(p, float) for p in poly.points])
+        c = pts.mean(axis=0)
+        norm = np.linalg.norm(c)
+        if norm == 0:
+            continue
+        c /= norm
+        r = float(np.arccos(np.clip(pts @ c, -1.0, 1.0)).max())
+        if r < np.pi / 2:
+            centres[k], radii[k] = c, r
+    sep = np.arccos(np.clip(centres @ centres.T, -1.0, 1.0))
+    return sep <= radii[:, None] + radii[None, :] + 1e-9
+
+
 def find_neighbours(
     footprints: Mapping[Hashable, SphericalPolygon],
     units: Mapping[Hashable, Hashable] | None = None,
@@ -157,13 +183,14 @@ def find_neighbours(
         members.setdefault(units[e], []).append(e)
     ids = list(footprints)
     touch: dict[Hashable, set[Hashable]] = {e: set() for e in ids}
-    for i, a in enumerate(ids):
-        for b in ids[i + 1 :]:
-            if units[a] == units[b]:
-                continue
-            if footprints[a].intersects_poly(footprints[b]):
-                touch[a].add(b)
-                touch[b].add(a)
+    near = _cap_overlaps([footprints[e] for e in ids])
+    for i, j in zip(*np.nonzero(np.triu(near, 1)), strict=True):
+        a, b = ids[i], ids[j]
+        if units[a] == units[b]:
+            continue
+        if footprints[a].intersects_poly(footprints[b]):
+            touch[a].add(b)
+            touch[b].add(a)
     out: dict[Hashable, dict[Hashable, list[SphericalPolygon]]] = {}
     for e in ids:
         nb_units = {units[b] for b in touch[e]}
