@@ -175,6 +175,13 @@ def footprint_tangent_plane(wcs: Any, ref_corrector: JWSTWCSCorrector) -> np.nda
     return np.column_stack([xt, yt])
 
 
+def _box(xy: np.ndarray) -> tuple[float, float, float, float]:
+    """``(xmin, ymin, xmax, ymax)`` of points; an empty box (inf, inf, -inf, -inf) for none."""
+    if len(xy) == 0:
+        return (np.inf, np.inf, -np.inf, -np.inf)
+    return (*np.min(xy, axis=0), *np.max(xy, axis=0))
+
+
 def _inside_any(xy: np.ndarray, quads: Sequence[np.ndarray], margin: float) -> np.ndarray:
     """Points inside any convex polygon grown by ``margin`` (arcsec)."""
     inside = np.zeros(len(xy), dtype=bool)
@@ -625,9 +632,24 @@ def global_align(
     gpos = [np.concatenate(v) if v else np.zeros((0, 2)) for v in gxy]
 
     margin = searchrad + tolerance + 2 * max(abs(xoffset), abs(yoffset))
+    # a point inside a footprint grown by ``margin`` lies inside its bounding box grown by
+    # ``margin``: the pairs whose boxes are apart have nothing to match (spares O(groups^2)
+    # polygon tests on large mosaics)
+    pbox = np.array([_box(p) for p in gpos])
+    qbox = np.array([_box(np.concatenate(q) if q else np.zeros((0, 2))) for q in gquads])
+    qbox[:, :2] -= margin
+    qbox[:, 2:] += margin
+    reach = (
+        (pbox[:, None, 0] <= qbox[None, :, 2])
+        & (pbox[:, None, 2] >= qbox[None, :, 0])
+        & (pbox[:, None, 1] <= qbox[None, :, 3])
+        & (pbox[:, None, 3] >= qbox[None, :, 1])
+    )
     pairs: list[PairMatch] = []
     for a in range(ngrp):
         for b in range(a + 1, ngrp):
+            if not (reach[a, b] and reach[b, a]):
+                continue
             sel_a = _inside_any(gpos[a], gquads[b], margin)
             sel_b = _inside_any(gpos[b], gquads[a], margin)
             if sel_a.sum() == 0 or sel_b.sum() == 0:
