@@ -67,10 +67,60 @@ def sim(tmp_path_factory):
 def cluster(tmp_path_factory):
     from image3_dask.service.devcluster import ProcessCluster
 
-    pc = ProcessCluster(tmp_path_factory.mktemp("svc_cluster"), n_workers=2, nthreads=1)
-    pc.start(timeout=120)
+    with pytest.MonkeyPatch.context() as mp:
+        # the scheduler keeps every transition of the module's jobs (default: the last 1000),
+        # so the tests can read what happened to the tasks of a killed worker
+        mp.setenv("DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH", "1000000")
+        pc = ProcessCluster(tmp_path_factory.mktemp("svc_cluster"), n_workers=2, nthreads=1)
+        pc.start(timeout=120)
     yield pc
     pc.close()
+
+
+def hold_workers(client, workers=None) -> None:
+    """Pause workers: they start no new task (running ones finish), so a job cannot end.
+
+    The memory monitor would resume a paused worker whose memory is low: it is told not to.
+    """
+
+    def pause(dask_worker):
+        from distributed.core import Status
+
+        dask_worker._test_pause_fraction = dask_worker.memory_manager.memory_pause_fraction
+        dask_worker.memory_manager.memory_pause_fraction = False
+        dask_worker.status = Status.paused
+
+    client.run(pause, workers=workers)
+
+
+def release_workers(client) -> None:
+    """Resume the workers :func:`hold_workers` paused (restarted ones are running already;
+    the killed one may still be listed by the scheduler: errors are ignored)."""
+
+    def resume(dask_worker):
+        from distributed.core import Status
+
+        if dask_worker.status == Status.paused:
+            dask_worker.memory_manager.memory_pause_fraction = dask_worker._test_pause_fraction
+            dask_worker.status = Status.running
+
+    client.run(resume, on_error="ignore")
+
+
+def scheduler_story(client, keys) -> list[tuple]:
+    """The scheduler's transitions of ``keys``: ``(key, start, finish, recs, stimulus, time)``."""
+    keys = list(keys)
+    return client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.story(*keys)))
+
+
+def lost_and_recomputed(story, t_kill: float) -> tuple[set, set]:
+    """Keys the scheduler released because their worker died, and keys computed after the kill."""
+    lost = {
+        t[0] for t in story
+        if t[4].startswith("handle-worker-cleanup") and t[1] in ("memory", "processing")
+    }
+    recomputed = {t[0] for t in story if t[2] == "memory" and t[5] > t_kill}
+    return lost, recomputed
 
 
 def wait_record(pc, job: str, predicate, timeout: float = 180) -> dict:
@@ -175,6 +225,12 @@ def test_submit_returns_at_once_and_status_follows_the_job(submitted, cluster):
 
 
 def test_worker_killed_mid_run_gives_identical_i2d(submitted, cluster, sim, tmp_path):
+    """A worker holding resample tiles (results in memory, tasks assigned) is killed mid-run:
+    the scheduler recomputes exactly what it held and the i2d is bit-identical to a clean run.
+
+    The workers are paused before the kill (no task starts, so the job cannot end first and
+    the victim's tasks are known); the survivor is resumed right after it.
+    """
     out = tmp_path / "out"
     manifest = out / "miri_dither_i2d.zarr.manifest" / "resample"
     pids = cluster.worker_pids()
@@ -184,16 +240,35 @@ def test_worker_killed_mid_run_gives_identical_i2d(submitted, cluster, sim, tmp_
          *SKIP, *TILES],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    t0 = time.monotonic()
-    while len(list(manifest.glob("*.json"))) < 4:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() - t0 < 180
-        time.sleep(0.05)
-    done_at_kill = len(list(manifest.glob("*.json")))
-    victim = sorted(pids.values())[0]
-    os.kill(victim, signal.SIGKILL)  # the worker process; its nanny starts a new one
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr
+    with cluster.client() as c:
+        t0 = time.monotonic()
+        while len(list(manifest.glob("*.json"))) < 4:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() - t0 < 180
+            time.sleep(0.05)
+        try:
+            hold_workers(c)
+            time.sleep(0.5)  # tasks already running finish; none starts
+            processing, has_what = c.processing(), c.has_what()
+
+            def tiles(keys):
+                return {k for k in keys if "resample-tile" in str(k)}
+
+            victim = max(pids, key=lambda a: len(tiles([*processing[a], *has_what[a]])))
+            held = tiles([*processing[victim], *has_what[victim]])
+            assert held, (processing, has_what)  # the killed worker holds tiles
+            done_at_kill = len(list(manifest.glob("*.json")))
+            assert proc.poll() is None  # the job is still running
+            t_kill = time.time()
+            os.kill(pids[victim], signal.SIGKILL)  # the worker process; its nanny starts a new one
+        finally:
+            release_workers(c)
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        lost, recomputed = lost_and_recomputed(scheduler_story(c, held), t_kill)
+    print(f"killed a worker holding {len(held)} tiles; {len(lost)} lost and recomputed")
+    assert lost  # the scheduler lost tasks with the worker...
+    assert lost <= recomputed  # ...and computed them again on a live worker
     n_tiles = len(list((submitted["out"] / "miri_dither_i2d.zarr.manifest/resample").glob("*")))
     assert 30 <= n_tiles and done_at_kill < n_tiles
     assert len(list(manifest.glob("*.json"))) == n_tiles
@@ -202,6 +277,11 @@ def test_worker_killed_mid_run_gives_identical_i2d(submitted, cluster, sim, tmp_
 
 
 def test_job_survives_death_of_the_worker_driving_it(submitted, cluster, sim, tmp_path):
+    """The worker running a submitted job's driver dies mid-job: a second attempt finishes it.
+
+    The workers are paused before the kill, so the job cannot end before it (no race with
+    the job's end): the record must still say running, attempt 1, with tiles left to do.
+    """
     out = tmp_path / "out"
     r = cli("submit", str(sim.asn_path), "--scheduler", cluster.address, "-o", str(out),
             "--job-id", "killed-driver", *SKIP, *TILES)
@@ -209,15 +289,28 @@ def test_job_survives_death_of_the_worker_driving_it(submitted, cluster, sim, tm
     rec = wait_record(cluster, "killed-driver", lambda rec: rec.get("step") == "resample")
     # the record's task counts come once a second, the tiles take less: watch the manifest
     manifest = out / "miri_dither_i2d.zarr.manifest" / "resample"
+    n_tiles = len(list((submitted["out"] / "miri_dither_i2d.zarr.manifest/resample").glob("*")))
     t0 = time.monotonic()
     while len(list(manifest.glob("*.json"))) < 3:
         assert time.monotonic() - t0 < 180
         time.sleep(0.01)
-    os.kill(rec["pid"], signal.SIGKILL)  # the worker running the job's driver
-    n_at_kill = len(list(manifest.glob("*.json")))
-    print(f"killed the driver with {n_at_kill} tiles written")
+    with cluster.client() as c:
+        try:
+            hold_workers(c)
+            time.sleep(0.5)
+            from image3_dask.service.status import get_job
+
+            held = get_job(c, "killed-driver")
+            n_at_kill = len(list(manifest.glob("*.json")))
+            assert held["state"] == "running" and held["attempt"] == 1, held
+            assert held["pid"] == rec["pid"] and n_at_kill < n_tiles, (held, n_at_kill)
+            os.kill(rec["pid"], signal.SIGKILL)  # the worker running the job's driver
+        finally:
+            release_workers(c)
+    print(f"killed the driver with {n_at_kill} of {n_tiles} tiles written")
     final = wait_record(cluster, "killed-driver", lambda rec: rec["state"] == "done", timeout=300)
     assert final["attempt"] == 2 and final["pid"] != rec["pid"], (final, n_at_kill)
+    assert len(list(manifest.glob("*.json"))) == n_tiles
     assert not (out / ".miri_dither.image3-dask.lock").exists()
     assert_same_i2d(out / "miri_dither_i2d.fits", submitted["out"] / "miri_dither_i2d.fits")
     cluster.wait_for_workers(2, timeout=120)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -26,8 +27,33 @@ def one_line_error(r: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def i2d_arrays(path) -> dict:
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        return {h.name: h.data.copy() for h in hdul if h.is_image and h.data is not None}
+
+
+def handshake_failures(pc) -> list[str]:
+    """The scheduler's log lines about failed TLS handshakes."""
+    text = (pc.folder / "scheduler.log").read_text(errors="replace")
+    return [ln for ln in text.splitlines() if "TLS handshake failed" in ln]
+
+
+def new_handshake_failures(pc, before: int, timeout: float = 10.0) -> list[str]:
+    """Handshake failures the scheduler logged after the first ``before`` (waits for one)."""
+    import time
+
+    t0 = time.monotonic()
+    while len(lines := handshake_failures(pc)) <= before and time.monotonic() - t0 < timeout:
+        time.sleep(0.1)
+    return lines[before:]
+
+
 def test_run_on_a_tls_cluster(tmp_path):
-    from stdatamodels.jwst import datamodels
+    """A run over TLS gives the same i2d as a plain local run; wrong certificates are refused
+    by the TLS handshake (not by some other failure), and nothing is written."""
+    import numpy as np
 
     from image3_dask.service.devcluster import ProcessCluster
     from image3_dask.simulate import simulate
@@ -39,13 +65,22 @@ def test_run_on_a_tls_cluster(tmp_path):
     tls = ["--tls-ca-file", str(certs["ca"]), "--tls-cert", str(certs["cert"]),
            "--tls-key", str(certs["key"])]
     sim = simulate(instrument="miri", n=2, out_dir=tmp_path / "sim", seed=4, shape=(128, 128))
+    # the reference: the same run on a plain local cluster (no scheduler, no TLS)
+    plain = tmp_path / "plain"
+    r = cli("run", str(sim.asn_path), "-o", str(plain), *SKIP)
+    assert r.returncode == 0, r.stderr
     with ProcessCluster(tmp_path / "cluster", n_workers=1, tls=certs) as pc:
         assert pc.address.startswith("tls://127.0.0.1:")
         out = tmp_path / "out"
         r = cli("run", str(sim.asn_path), "--scheduler", pc.address, *tls, "-o", str(out), *SKIP)
         assert r.returncode == 0, r.stderr
-        with datamodels.open(out / "miri_dither_i2d.fits") as m:
-            assert m.data.ndim == 2
+        ours, ref = i2d_arrays(out / "miri_dither_i2d.fits"), i2d_arrays(
+            plain / "miri_dither_i2d.fits")
+        assert sorted(ours) == sorted(ref) and {"SCI", "WHT", "ERR", "CON"} <= set(ref)
+        for name in ref:
+            np.testing.assert_array_equal(ours[name], ref[name], err_msg=name)
+        assert np.isfinite(ref["SCI"]).mean() > 0.5
+        assert not handshake_failures(pc)
         # without certificates, or with a plain tcp:// address: one clear message, nothing run
         bad = tmp_path / "bad"
         msg = one_line_error(cli("run", str(sim.asn_path), "--scheduler", pc.address,
@@ -55,14 +90,31 @@ def test_run_on_a_tls_cluster(tmp_path):
         msg = one_line_error(cli("run", str(sim.asn_path), "--scheduler", tcp, *tls,
                                  "-o", str(bad), *SKIP))
         assert "not a tls:// address" in msg
-        # certificates from another CA are rejected by the scheduler
+        # certificates from another CA: the client does not trust the scheduler's certificate
         cli("certs", "--out", str(tmp_path / "other"))
-        other = ["--tls-ca-file", str(tmp_path / "other/ca.pem"),
-                 "--tls-cert", str(tmp_path / "other/cert.pem"),
-                 "--tls-key", str(tmp_path / "other/key.pem")]
-        msg = one_line_error(cli("run", str(sim.asn_path), "--scheduler", pc.address, *other,
+        other = {k: tmp_path / "other" / f"{k}.pem" for k in ("ca", "cert", "key")}
+        msg = one_line_error(cli("run", str(sim.asn_path), "--scheduler", pc.address,
+                                 "--tls-ca-file", str(other["ca"]),
+                                 "--tls-cert", str(other["cert"]),
+                                 "--tls-key", str(other["key"]),
                                  "--timeout", "3", "-o", str(bad), *SKIP))
-        assert "cannot reach the Dask scheduler" in msg
+        assert f"cannot reach the Dask scheduler at {pc.address}" in msg
+        assert "TLS certificate does not match" in msg, msg  # distributed's SSL verify error
+        failed = new_handshake_failures(pc, 0)
+        assert failed and all("UNKNOWN_CA" in ln for ln in failed), failed
+        n_failed = len(handshake_failures(pc))
+        # the right CA but a client certificate it did not sign: the scheduler refuses it
+        msg = one_line_error(cli("run", str(sim.asn_path), "--scheduler", pc.address,
+                                 "--tls-ca-file", str(certs["ca"]),
+                                 "--tls-cert", str(other["cert"]),
+                                 "--tls-key", str(other["key"]),
+                                 "--timeout", "3", "-o", str(bad), *SKIP))
+        assert f"cannot reach the Dask scheduler at {pc.address}" in msg
+        # the client sees the scheduler's alert ("SSLError: ... unknown ca") or, when the
+        # scheduler has already closed the connection, "SSLEOFError"; the scheduler's log says why
+        assert re.search(r"SSL\w*Error", msg), msg
+        failed = new_handshake_failures(pc, n_failed)
+        assert failed and all("CERTIFICATE_VERIFY_FAILED" in ln for ln in failed), failed
         assert not bad.exists()
 
 
