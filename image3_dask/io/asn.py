@@ -81,7 +81,7 @@ def _check_unique_names(members: list[Path], source: str | os.PathLike | None) -
     name in different folders would overwrite each other and one would be lost. The same file
     listed twice is left to :func:`image3_dask.io.exposures.read_exposures`, which names it.
     """
-    from image3_dask.io.exposures import _exposure_name as exposure_name
+    from image3_dask.io.exposures import exposure_name
 
     seen: dict[str, Path] = {}
     clashes = []

@@ -10,7 +10,7 @@
 * :func:`write_segm` writes ``<product>_segm.fits``: a SegmentationMapModel whose metadata is
   copied from the mosaic as jwst's ``SourceCatalogStep`` does (primary-header metadata, then
   ``meta.wcs`` and ``meta.wcsinfo``); the headers come from stdatamodels (via
-  :func:`image3_dask.io.i2d_writer._template_headers`, as for the i2d) and the ``SCI`` array is
+  :func:`image3_dask.io.i2d_writer.template_headers`, as for the i2d) and the ``SCI`` array is
   streamed a strip of rows at a time from a Zarr plane, so the map never has to fit in memory.
 """
 
@@ -29,7 +29,7 @@ from astropy.table import QTable, Table
 
 from image3_dask.errors import InputError
 from image3_dask.io.atomic import atomic_output
-from image3_dask.io.i2d_writer import _template_headers, append_asdf_hdu, stream_image_hdu
+from image3_dask.io.i2d_writer import append_asdf_hdu, stream_image_hdu, template_headers
 from image3_dask.io.mosaic_store import MosaicStore, compressors
 
 __all__ = [
@@ -302,7 +302,7 @@ def write_segm(
     store = MosaicStore(store_path)
     shape = store.shape(plane)
     step = int(rows_per_strip or store.read_chunks(plane)[0])
-    headers, asdf_bytes = _template_headers(model, ["data"], out_path.parent)
+    headers, asdf_bytes = template_headers(model, ["data"], out_path.parent)
 
     def read_rows(ys: slice) -> np.ndarray:
         strip = np.asarray(store.read(plane, ys))

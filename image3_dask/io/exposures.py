@@ -27,6 +27,7 @@ __all__ = [
     "ExposureInfo",
     "ExposurePixels",
     "PIXEL_EXTENSIONS",
+    "exposure_name",
     "group_id_from_observation",
     "read_exposure_info",
     "precheck_files",
@@ -142,7 +143,11 @@ class ExposurePixels:
     var_flat: np.ndarray | None = None
 
 
-def _exposure_name(path: Path) -> str:
+def exposure_name(path: Path) -> str:
+    """The exposure's name: the file name without ``.fits`` and its ``_cal``-like suffix.
+
+    Task keys, crf names and messages use it, so two members must not share it.
+    """
     stem = path.name
     for ext in (".fits.gz", ".fits", ".fit"):
         if stem.endswith(ext):
@@ -225,7 +230,7 @@ def read_exposure_info(path: str | os.PathLike, index: int = 0) -> ExposureInfo:
                 log.warning(
                     "%s: meta.observation lacks %s; the exposure forms its own group", path, exc
                 )
-                group_id = f"{_exposure_name(path)}"
+                group_id = f"{exposure_name(path)}"
         wcsinfo = dict(meta.wcsinfo.instance) if meta.hasattr("wcsinfo") else {}
         bkg = meta.background.instance if meta.hasattr("background") else {}
         info_meta = {
@@ -252,7 +257,7 @@ def read_exposure_info(path: str | os.PathLike, index: int = 0) -> ExposureInfo:
             index=index,
             path=path.resolve(),
             source_path=path.resolve(),
-            name=_exposure_name(path),
+            name=exposure_name(path),
             shape=shape,
             group_id=str(group_id),
             wcs=wcs,

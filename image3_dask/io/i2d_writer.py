@@ -27,7 +27,7 @@ from astropy.io import fits
 from image3_dask.io.atomic import atomic_output
 from image3_dask.io.mosaic_store import MosaicStore
 
-__all__ = ["I2D_ARRAYS", "append_asdf_hdu", "stream_image_hdu", "write_i2d"]
+__all__ = ["I2D_ARRAYS", "append_asdf_hdu", "stream_image_hdu", "template_headers", "write_i2d"]
 
 #: Datamodel attribute -> (store plane, FITS dtype).
 I2D_ARRAYS = {
@@ -45,7 +45,7 @@ I2D_ARRAYS = {
 STRIP_BYTES = 64 * 2**20
 
 
-def _template_headers(model, arrays: list[str], workdir: Path):
+def template_headers(model, arrays: list[str], workdir: Path):
     """Save ``model`` with 1x1 arrays and return its HDU headers and ASDF tree."""
     for attr in arrays:
         shape = (1, 1, 1) if attr == "con" else (1, 1)
@@ -150,7 +150,7 @@ def write_i2d(
     out_path = Path(out_path)
     if arrays is None:
         arrays = [a for a, (plane, _) in I2D_ARRAYS.items() if store.has(plane)]
-    headers, asdf_bytes = _template_headers(model, arrays, out_path.parent)
+    headers, asdf_bytes = template_headers(model, arrays, out_path.parent)
     by_attr = {}
     schema_ext = {
         "data": "SCI",
