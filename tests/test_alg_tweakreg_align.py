@@ -20,7 +20,7 @@ from astropy.table import Table
 
 from image3_dask.algorithms.align import (
     absolute_align,
-    choose_mode,
+    choose_align_mode,
     global_align,
     group_overlaps,
     parse_refcat,
@@ -134,7 +134,7 @@ def test_dither_relative_official_and_global(dither):
 def test_mosaic_global_fixes_what_reference_mode_leaves(mosaic, caplog):
     m = mosaic
     gids = list(range(9))
-    assert choose_mode([w.footprint() for w in m["nom"]]) == "global"
+    assert choose_align_mode([w.footprint() for w in m["nom"]]) == "global"
     assert len(group_overlaps([w.footprint() for w in m["nom"]])) == 20  # 12 edges + 8 corners
 
     with caplog.at_level(logging.WARNING):
@@ -254,5 +254,5 @@ def test_relative_single_group_is_skipped(dither):
     assert all(w is n for w, n in zip(res.wcs, d["nom"], strict=True))
 
 
-def test_choose_mode_dither_is_relative(dither):
-    assert choose_mode([w.footprint() for w in dither["nom"]]) == "relative"
+def test_choose_align_mode_dither_is_official(dither):
+    assert choose_align_mode([w.footprint() for w in dither["nom"]]) == "official"

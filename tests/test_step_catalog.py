@@ -415,25 +415,25 @@ def test_bad_override_fails_the_pipeline_with_the_file_name(runs, field, client,
 
 
 def test_mode_and_tile_choice():
-    from image3_dask.graph.catalog import BYTES_PER_PIXEL, catalog_tile_shape, choose_mode
+    from image3_dask.graph.catalog import BYTES_PER_PIXEL, catalog_tile_shape, choose_catalog_mode
 
     big = (20000, 20000)
-    assert choose_mode("auto", big, 4 * 2**30, True)[0] is True
-    assert choose_mode("auto", (2000, 2000), 4 * 2**30, True)[0] is False
-    assert choose_mode("auto", big, None, True)[0] is False  # unlimited workers
-    assert choose_mode("auto", big, 4 * 2**30, False)[0] is False  # no store: cannot tile
-    assert choose_mode("never", big, 4 * 2**30, True)[0] is False
-    assert choose_mode("always", (100, 100), 4 * 2**30, True)[0] is True
+    assert choose_catalog_mode("auto", big, 4 * 2**30, True)[0] is True
+    assert choose_catalog_mode("auto", (2000, 2000), 4 * 2**30, True)[0] is False
+    assert choose_catalog_mode("auto", big, None, True)[0] is False  # unlimited workers
+    assert choose_catalog_mode("auto", big, 4 * 2**30, False)[0] is False  # no store: cannot tile
+    assert choose_catalog_mode("never", big, 4 * 2**30, True)[0] is False
+    assert choose_catalog_mode("always", (100, 100), 4 * 2**30, True)[0] is True
     # a mosaic that fits is still tiled on a cluster of several threads, to keep them busy...
     box = (1000, 1000)
-    assert choose_mode("auto", (3730, 3740), 4 * 2**30, True, threads=2, box=box)[0] is True
+    assert choose_catalog_mode("auto", (3730, 3740), 4 * 2**30, True, threads=2, box=box)[0] is True
     # ...but not on one thread, with a single background box, or without the store
-    assert choose_mode("auto", (3730, 3740), 4 * 2**30, True, threads=1, box=box)[0] is False
-    assert choose_mode("auto", (900, 1000), 4 * 2**30, True, threads=8, box=box)[0] is False
-    assert choose_mode("auto", (3730, 3740), 4 * 2**30, False, threads=8, box=box)[0] is False
-    assert choose_mode("never", (3730, 3740), 4 * 2**30, True, threads=8, box=box)[0] is False
+    assert choose_catalog_mode("auto", (3730, 3740), 4 * 2**30, True, threads=1, box=box)[0] is False
+    assert choose_catalog_mode("auto", (900, 1000), 4 * 2**30, True, threads=8, box=box)[0] is False
+    assert choose_catalog_mode("auto", (3730, 3740), 4 * 2**30, False, threads=8, box=box)[0] is False
+    assert choose_catalog_mode("never", (3730, 3740), 4 * 2**30, True, threads=8, box=box)[0] is False
     with pytest.raises(InputError):
-        choose_mode("always", (100, 100), None, False)
+        choose_catalog_mode("always", (100, 100), None, False)
     assert BYTES_PER_PIXEL * 2000 * 2000 < 0.5 * 4 * 2**30
     # tiles are whole background boxes covering at least a store chunk
     assert catalog_tile_shape((5000, 7000), (1000, 1000), (2048, 2048)) == (3000, 3000)

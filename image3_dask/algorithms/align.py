@@ -43,7 +43,7 @@ __all__ = [
     "wcs_bounding_box",
     "AlignResult",
     "absolute_align",
-    "choose_mode",
+    "choose_align_mode",
     "global_align",
     "group_overlaps",
     "make_corrector",
@@ -409,7 +409,7 @@ def group_overlaps(footprints: Sequence[Any], min_area_frac: float = 0.0) -> lis
     return pairs
 
 
-def choose_mode(footprints: Sequence[Any]) -> str:
+def choose_align_mode(footprints: Sequence[Any]) -> str:
     """Choose the alignment mode from the groups' sky footprints.
 
     Parameters
@@ -420,10 +420,11 @@ def choose_mode(footprints: Sequence[Any]) -> str:
     Returns
     -------
     str
-        ``'relative'`` when every group overlaps every other group (a dither: the
-        official reference-group alignment sees all the overlaps), else ``'global'``.
+        ``'official'`` when every group overlaps every other group (a dither: jwst's
+        reference-group alignment sees all the overlaps), else ``'global'`` (the values of
+        tweakreg's ``align_mode``).
     """
     n = len(footprints)
     if n < 3:
-        return "relative"
-    return "relative" if len(group_overlaps(footprints)) == n * (n - 1) // 2 else "global"
+        return "official"
+    return "official" if len(group_overlaps(footprints)) == n * (n - 1) // 2 else "global"

@@ -292,15 +292,22 @@ class _ContextDrizzle:
 
 
 def _add_image(
-    driz: Drizzle | _ContextDrizzle, data, inp: DrizzleInput, weight, pixfrac, psr, xr, dq=None
+    driz: Drizzle | _ContextDrizzle,
+    data,
+    inp: DrizzleInput,
+    weight,
+    pixfrac,
+    scale_ratio,
+    in_range,
+    dq=None,
 ) -> None:
     """Drizzle one exposure's crop with stcal's ``add_image`` arguments."""
-    xmin, xmax, ymin, ymax = xr
+    xmin, xmax, ymin, ymax = in_range
     kwargs = {
         "exptime": inp.exptime,
         "pixmap": inp.pixmap,
         "dq": dq,
-        "pixel_scale_ratio": psr,
+        "pixel_scale_ratio": scale_ratio,
         "weight_map": weight,
         "wht_scale": 1.0,
         "pixfrac": pixfrac,
@@ -392,7 +399,7 @@ def drizzle_tile(
     if n_inputs is None:
         n_inputs = max((int(i.ctx_id) for i in inputs), default=0) + 1
     nplanes = n_ctx_planes(n_inputs) if enable_ctx else None
-    psr = 1.0 if pixel_scale_ratio is None else float(pixel_scale_ratio)
+    scale_ratio = 1.0 if pixel_scale_ratio is None else float(pixel_scale_ratio)
 
     main = (
         Drizzle(kernel=k, fillval=fillval, out_shape=shape, disable_ctx=True)
@@ -421,20 +428,22 @@ def drizzle_tile(
                 raise ValueError("'pixmap' shape is not consistent with 'sci' shape.")
             if not inp.background_subtracted and inp.background_level is not None:
                 data = data - inp.background_level
-            xr = inp.in_range if inp.in_range is not None else (0, nx - 1, 0, ny - 1)
-            xmin, xmax, ymin, ymax = xr
-            xr = (max(xmin, 0), min(xmax, nx - 1), max(ymin, 0), min(ymax, ny - 1))
+            in_range = inp.in_range if inp.in_range is not None else (0, nx - 1, 0, ny - 1)
+            xmin, xmax, ymin, ymax = in_range
+            in_range = (max(xmin, 0), min(xmax, nx - 1), max(ymin, 0), min(ymax, ny - 1))
             weight = (
                 np.ones_like(data)
                 if inp.weight is None
                 else np.asarray(inp.weight, dtype=np.float32)
             )
             dq = inp.dq if propagate_dq else None
-            _add_image(main, data, inp, weight, pixfrac, psr, xr, dq=dq)
+            _add_image(main, data, inp, weight, pixfrac, scale_ratio, in_range, dq=dq)
             if err_driz is not None and inp.err is not None:
-                _add_image(err_driz, inp.err, inp, weight, pixfrac, psr, xr)
+                _add_image(err_driz, inp.err, inp, weight, pixfrac, scale_ratio, in_range)
             if enable_var:
-                _add_variances(var_info, inp, weight, pixfrac, psr, xr, k, shape, weight_type)
+                _add_variances(
+                    var_info, inp, weight, pixfrac, scale_ratio, in_range, k, shape, weight_type
+                )
 
     out: dict[str, np.ndarray] = {"sci": main.out_img, "wht": main.out_wht}
     if nplanes is not None:
@@ -470,10 +479,10 @@ def drizzle_tile(
 
 
 def _footprint_box(
-    inp: DrizzleInput, xr, reach: int, shape: tuple[int, int]
+    inp: DrizzleInput, in_range, reach: int, shape: tuple[int, int]
 ) -> tuple[slice, slice] | None:
     """The part of the region that the usable pixels of ``inp`` can reach (or None)."""
-    xmin, xmax, ymin, ymax = xr
+    xmin, xmax, ymin, ymax = in_range
     pm = inp.pixmap[ymin : ymax + 1, xmin : xmax + 1]
     x, y = pm[..., 0], pm[..., 1]
     ok = np.isfinite(x) & np.isfinite(y)
@@ -489,7 +498,9 @@ def _footprint_box(
     return slice(by0, by1), slice(bx0, bx1)
 
 
-def _add_variances(var_info, inp, weight, pixfrac, psr, xr, kernel, shape, weight_type):
+def _add_variances(
+    var_info, inp, weight, pixfrac, scale_ratio, in_range, kernel, shape, weight_type
+):
     """Drizzle and accumulate the variances of one input (stcal resample_variance_arrays).
 
     stcal drizzles each variance onto a whole output-sized array per input and combines them
@@ -498,7 +509,7 @@ def _add_variances(var_info, inp, weight, pixfrac, psr, xr, kernel, shape, weigh
     (the pixel map is shifted by whole pixels, an exact operation) for a fraction of the
     array work when the input covers part of the region.
     """
-    box = _footprint_box(inp, xr, kernel_halo(kernel, pixfrac, psr), shape)
+    box = _footprint_box(inp, in_range, kernel_halo(kernel, pixfrac, scale_ratio), shape)
     if box is None:
         return
     sy, sx = box
@@ -513,7 +524,7 @@ def _add_variances(var_info, inp, weight, pixfrac, psr, xr, kernel, shape, weigh
             continue
         # as stcal's _resample_one_variance_array: sqrt(variance) drizzled alone, squared
         driz = Drizzle(kernel=kernel, fillval=np.nan, out_shape=bshape, disable_ctx=True)
-        _add_image(driz, np.sqrt(v), inp, weight, pixfrac, psr, xr)
+        _add_image(driz, np.sqrt(v), inp, weight, pixfrac, scale_ratio, in_range)
         resampled[name] = driz.out_img**2
 
     if weight_type is not None and weight_type.startswith("ivm"):

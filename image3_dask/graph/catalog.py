@@ -7,7 +7,7 @@ single-frame computation exactly, see :mod:`image3_dask.algorithms.catalog.tiled
   in it): one task (``catalog-frame``) reads SCI/ERR/WHT of the mosaic and runs
   :func:`~image3_dask.algorithms.catalog.make_source_catalog`.
 * **tiled** (``tiled='always'``, or ``'auto'`` when the mosaic does not fit in a worker or the
-  cluster has several worker threads, see :func:`choose_mode`): the mosaic is read from its
+  cluster has several worker threads, see :func:`choose_catalog_mode`): the mosaic is read from its
   Zarr store, a region per task (tasks in :mod:`image3_dask.graph.catalog_tasks`), each tile
   starting as soon as the resample tiles under it are written:
 
@@ -84,7 +84,7 @@ __all__ = [
     "RefData",
     "catalog_params",
     "catalog_tile_shape",
-    "choose_mode",
+    "choose_catalog_mode",
     "resolve_refdata",
     "run",
     "submit",
@@ -283,7 +283,7 @@ def catalog_tile_shape(
     return ty, tx
 
 
-def choose_mode(
+def choose_catalog_mode(
     tiled: str,
     shape: tuple[int, int],
     memory_limit: int | None,
@@ -570,7 +570,7 @@ def submit(ctx, data: StepData) -> StepData:
         params.bkg_boxsize,
         params.deblend,
     )
-    tiled, reason = choose_mode(
+    tiled, reason = choose_catalog_mode(
         cfg["tiled"],
         shape,
         worker_memory(ctx.client),

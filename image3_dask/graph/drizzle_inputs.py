@@ -21,7 +21,7 @@ from image3_dask.algorithms.pixmap import (
 from image3_dask.graph.plan import PixmapRef
 from image3_dask.io.exposures import ExposureInfo, read_pixels
 
-__all__ = ["drizzle_inputs_for_region", "light", "time_for_weight"]
+__all__ = ["drizzle_inputs_for_region", "bbox_only", "time_for_weight"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class _BBoxOnly:
     bounding_box: tuple | None
 
 
-def light(info: ExposureInfo) -> ExposureInfo:
+def bbox_only(info: ExposureInfo) -> ExposureInfo:
     """A copy of ``info`` whose WCS is reduced to its bounding box (cheap to send to tasks).
 
     Pickling a gwcs costs ~10 ms and tens of kB; a tile task receives every exposure that

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from image3_dask.algorithms.tiles import Tile, plan_tiles
 from image3_dask.errors import ConfigError, InputError
-from image3_dask.graph.drizzle_inputs import light
+from image3_dask.graph.drizzle_inputs import bbox_only
 from image3_dask.graph.handoff import StepData
 from image3_dask.graph.outlier_tasks import (
     GroupEntries,
@@ -155,7 +155,7 @@ def _tile_groups(
 ) -> GroupEntries:
     """The groups with an exposure reaching ``tile``, with those exposures and pixel maps.
 
-    The exposures are :func:`light` copies (``groups`` should hold them already).
+    The exposures are :func:`bbox_only` copies (``groups`` should hold them already).
     """
     idx = set(plan.overlaps[tile.name])
     out: GroupEntries = []
@@ -232,7 +232,7 @@ def _submit_resampled(
     )
     grid = plan.info
     base = _base_fp(params, exposures, plan.grid_fp)
-    light_groups = [(gid, [light(e) for e in members]) for gid, members in groups]
+    light_groups = [(gid, [bbox_only(e) for e in members]) for gid, members in groups]
     tile_groups = {t.name: _tile_groups(plan, t, light_groups) for t in plan.tiles}
     tiles = [t for t in plan.tiles if tile_groups[t.name]]
 
@@ -245,12 +245,12 @@ def _submit_resampled(
     def reads(t: Tile) -> list:
         return data.after(plan.overlaps[t.name])
 
-    singles: dict[int, Path] | None = None
+    single_stores: dict[int, Path] | None = None
     if params.save_intermediate_results:
-        singles = {}
+        single_stores = {}
         for gi in range(len(groups)):
-            singles[gi] = ctx.work_dir / "outlier_singles" / f"{gi:04d}.zarr"
-            MosaicStore(singles[gi]).create(plan.grid.shape, plan.tile_shape, ["sci", "wht"])
+            single_stores[gi] = ctx.work_dir / "outlier_singles" / f"{gi:04d}.zarr"
+            MosaicStore(single_stores[gi]).create(plan.grid.shape, plan.tile_shape, ["sci", "wht"])
 
     thresholds: dict[int, object] | None = None
     weights: dict[str, object] = {}
@@ -317,7 +317,7 @@ def _submit_resampled(
                     "thresholds": mine,
                     "grid": grid,
                     "params": params,
-                    "singles": singles,
+                    "single_stores": single_stores,
                     "cache_dir": cache_dir,
                     "cache_tag": tile_fp(t, "weights"),
                 },
@@ -328,7 +328,9 @@ def _submit_resampled(
 
     def report() -> None:
         if thresholds is not None:
-            values = dict(zip(thresholds, ctx.tasks.results(list(thresholds.values())), strict=True))
+            values = dict(
+                zip(thresholds, ctx.tasks.results(list(thresholds.values())), strict=True)
+            )
         else:
             values = {}
             for r in ctx.tasks.results(list(medians.values())):
@@ -339,7 +341,7 @@ def _submit_resampled(
     ctx.on_finish(report)
 
     if params.save_intermediate_results:
-        assert singles is not None
+        assert single_stores is not None
         drz = {
             "pixfrac": params.pixfrac,
             "kernel": params.kernel,
@@ -355,7 +357,7 @@ def _submit_resampled(
                     "outlier-single-i2d",
                     gid,
                     write_single,
-                    (members, plan.grid, drz, ctx.asn, singles[gi], path),
+                    (members, plan.grid, drz, ctx.asn, single_stores[gi], path),
                     after=list(medians.values()),
                 )
             )
@@ -375,7 +377,9 @@ def _submit_resampled(
     specs = []
     for e in exposures:
         ref = plan.pixmaps[e.index]
-        reached = [medians[t.name] for t in plan.tiles_reached(ref.bbox, BLOT_MARGIN) if t.name in medians]
+        reached = [
+            medians[t.name] for t in plan.tiles_reached(ref.bbox, BLOT_MARGIN) if t.name in medians
+        ]
         specs.append(
             TaskSpec(
                 "outlier-flag",
@@ -415,7 +419,9 @@ def _submit_unresampled(ctx, data: StepData, params: OutlierParams, out: _Output
         else (min(DETECTOR_TILE, shape[0]), min(DETECTOR_TILE, shape[1]))
     )
     tiles = plan_tiles(shape, tile_shape)
-    MosaicStore(out.store).create(shape, tile_shape, ["median"], attrs={"product": ctx.product_name})
+    MosaicStore(out.store).create(
+        shape, tile_shape, ["median"], attrs={"product": ctx.product_name}
+    )
     everyone = data.after([e.index for e in exposures])
     thr = ctx.submit(
         [
@@ -430,7 +436,7 @@ def _submit_unresampled(ctx, data: StepData, params: OutlierParams, out: _Output
         ]
     )
     base = _base_fp(params, exposures)
-    lights = [light(e) for e in exposures]
+    lights = [bbox_only(e) for e in exposures]
     medians = ctx.submit(
         [
             TaskSpec(

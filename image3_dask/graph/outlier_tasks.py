@@ -118,8 +118,7 @@ class OutlierParams:
 GroupEntries = list[tuple[int, list[tuple[ExposureInfo, PixmapRef]]]]
 
 
-
-def _singles(
+def _drizzle_groups(
     tile: Tile, groups: GroupEntries, grid: GridInfo, params: OutlierParams
 ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None]]:
     """Drizzle every group of ``groups`` into ``tile`` alone; yield ``(group, sci, wht)``.
@@ -180,7 +179,7 @@ def _cache_single(tile_dir: Path, gi: int, sci: np.ndarray, wht: np.ndarray) -> 
 def _cached_singles(
     tile: Tile, groups: GroupEntries, tile_dir: Path
 ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None]]:
-    """The singles that :func:`weights_tile` kept in ``tile_dir``, as :func:`_singles` yields them."""
+    """The singles that :func:`weights_tile` kept in ``tile_dir``, as :func:`_drizzle_groups` yields them."""
     for gi, _ in groups:
         path = tile_dir / f"g{gi}.npz"
         if not path.is_file():
@@ -230,7 +229,7 @@ def weights_tile(
     tile_dir = None if cache_dir is None else cache_dir / tile.name
     if tile_dir is not None:
         shutil.rmtree(tile_dir, ignore_errors=True)
-    for gi, sci, wht in _singles(tile, groups, grid, params):
+    for gi, sci, wht in _drizzle_groups(tile, groups, grid, params):
         if wht is None:
             continue
         if tile_dir is not None:
@@ -281,7 +280,7 @@ def median_tile_task(
     grid: GridInfo,
     params: OutlierParams,
     store_path: Path,
-    singles: dict[int, Path] | None = None,
+    single_stores: dict[int, Path] | None = None,
     cache_dir: Path | None = None,
     cache_tag: str = "",
 ) -> dict:
@@ -302,9 +301,9 @@ def median_tile_task(
         The step's options.
     store_path : Path
         The work store (plane ``median``).
-    singles : dict, optional
-        Group index -> store of that group's single (planes ``sci``, ``wht``), to save the
-        singles (``save_intermediate_results``).
+    single_stores : dict, optional
+        Group index -> store of that group's single drizzle (planes ``sci``, ``wht``), to save
+        them as products (``save_intermediate_results``).
     cache_dir : Path, optional
         Where :func:`weights_tile` kept the singles: read from there when marked complete with
         ``cache_tag`` (the same inputs), drizzled again otherwise; removed once the median is
@@ -328,13 +327,13 @@ def median_tile_task(
     if marker is not None and marker.is_file() and marker.read_text() == cache_tag:
         source = _cached_singles(tile, groups, tile_dir)
     else:
-        source = _singles(tile, groups, grid, params)
+        source = _drizzle_groups(tile, groups, grid, params)
     for k, (gi, s, w) in enumerate(source):
         if s is None:
             continue
         sci[k], wht[k], used[k] = s, w, True
-        if singles is not None:
-            sub = MosaicStore(singles[gi])
+        if single_stores is not None:
+            sub = MosaicStore(single_stores[gi])
             sub.write_tile("sci", tile.y0, tile.x0, s)
             sub.write_tile("wht", tile.y0, tile.x0, w)
         del s, w
@@ -342,8 +341,7 @@ def median_tile_task(
     computed = None
     if thresholds is None:
         computed = [
-            [gi, weight_threshold(weight_stats(wht[k]), params.maskpt)]
-            for k, gi in enumerate(gids)
+            [gi, weight_threshold(weight_stats(wht[k]), params.maskpt)] for k, gi in enumerate(gids)
         ]
         thr = [t for _, t in computed]
     else:
@@ -375,7 +373,7 @@ def subtracts_sky_now(info: ExposureInfo) -> bool:
     )
 
 
-def _backg(info: ExposureInfo, params: OutlierParams) -> float:
+def _blot_background(info: ExposureInfo, params: OutlierParams) -> float:
     """Background added to the blot: the sky level when not subtracted, else ``backg`` (jwst)."""
     if info.background_subtracted is False and info.background_level is not None:
         return float(info.background_level)
@@ -401,7 +399,7 @@ def _flag_and_write(
             a["data"] = a["data"] - float(info.background_level)
             backg = float(params.backg)
         else:
-            backg = _backg(info, params)
+            backg = _blot_background(info, params)
         mask, dq = flag_outliers(
             a["data"],
             a["err"],
@@ -462,7 +460,6 @@ def flag_exposure(
     return _flag_and_write(info, blot, params, crf_path, crf_meta)
 
 
-
 def _exposure_weight(
     info: ExposureInfo, params: OutlierParams, region: tuple[slice, slice] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -515,7 +512,6 @@ def flag_exposure_median(
     return _flag_and_write(info, median, params, crf_path, crf_meta)
 
 
-
 def copy_as_crf(info: ExposureInfo, crf_path: Path, crf_meta: dict) -> dict:
     """Task: write the crf file of an exposure whose pixels are unchanged (step not done)."""
     model = open_for_crf(info.path)
@@ -527,7 +523,6 @@ def copy_as_crf(info: ExposureInfo, crf_path: Path, crf_meta: dict) -> dict:
     finally:
         model.close()
     return {"name": info.name, "n_flagged": 0, "crf": str(crf_path)}
-
 
 
 class _PlaneAlias:
@@ -590,7 +585,13 @@ def write_single(
 
 
 def write_median(
-    members: list[ExposureInfo], grid, drizzle_options: dict, asn, store_path: Path, out: Path, wcs=None
+    members: list[ExposureInfo],
+    grid,
+    drizzle_options: dict,
+    asn,
+    store_path: Path,
+    out: Path,
+    wcs=None,
 ) -> str:
     """Task: stream the median from the work store to ``<product>_median.fits``."""
     from image3_dask.io.i2d_writer import write_i2d
@@ -599,5 +600,3 @@ def write_median(
     model.meta.filename = out.name
     write_i2d(_PlaneAlias(MosaicStore(store_path), {"sci": "median"}), model, out, arrays=["data"])
     return str(out)
-
-

@@ -22,7 +22,7 @@ import numpy as np
 from image3_dask.algorithms.drizzle_tile import drizzle_tile, n_ctx_planes
 from image3_dask.algorithms.tiles import Tile
 from image3_dask.errors import InputError, StepNotAvailableError
-from image3_dask.graph.drizzle_inputs import drizzle_inputs_for_region, light
+from image3_dask.graph.drizzle_inputs import bbox_only, drizzle_inputs_for_region
 from image3_dask.graph.handoff import Mosaic, StepData
 from image3_dask.graph.plan import (
     GridInfo,
@@ -285,7 +285,7 @@ def submit_tiles(
                     "fp": fps[tile.name],
                     "work": resample_tile,
                     "tile": tile,
-                    "entries": [(light(by_index[i]), plan.pixmaps[i]) for i in idx],
+                    "entries": [(bbox_only(by_index[i]), plan.pixmaps[i]) for i in idx],
                     "grid": plan.info,
                     "params": params,
                     "n_inputs": len(exposures),

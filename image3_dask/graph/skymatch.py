@@ -208,9 +208,7 @@ def _submit_sky(ctx, exposures: list[ExposureInfo]) -> Callable[[], list[Exposur
         )
         user = _user_levels(cfg, exposures)
         return lambda: _record_levels(ctx, exposures, user, method, subtract)
-    footprints = {
-        e.index: sky_footprint(e.wcs, e.shape, cfg.get("stepsize")) for e in exposures
-    }
+    footprints = {e.index: sky_footprint(e.wcs, e.shape, cfg.get("stepsize")) for e in exposures}
     units = {e.index: e.group_id for e in exposures}
     neighbours = find_neighbours(footprints, units)
     params = {k: cfg.get(k) for k in (*_STAT_PARAMS, "dqbits", "stepsize")}

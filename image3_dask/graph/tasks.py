@@ -30,6 +30,7 @@ __all__ = [
     "resumable",
 ]
 
+
 class RunWatcher:
     """What a run tells whoever watches it (the mosaic page): override what you need.
 
@@ -148,7 +149,9 @@ def _submit(client, tasks: Sequence[TaskSpec], token: str, retries: int = 1) -> 
     futures = []
     for t in tasks:
         key = (t.action, t.name, token)
-        func, args = (_call_after, (t.func, list(t.after), *t.args)) if t.after else (t.func, t.args)
+        func, args = (
+            (_call_after, (t.func, list(t.after), *t.args)) if t.after else (t.func, t.args)
+        )
         futures.append(
             client.submit(
                 func,

@@ -50,7 +50,7 @@ log = logging.getLogger("image3_dask")
 __all__ = [
     "CATALOG_PARAMS",
     "align_task",
-    "catalog_params",
+    "finder_params",
     "catalog_task",
     "custom_catalogs",
     "run",
@@ -119,7 +119,7 @@ _ABS_PARAMS = (
 )
 
 
-def catalog_params(cfg: dict) -> dict:
+def finder_params(cfg: dict) -> dict:
     """The source-finder options implied by the step's parameters."""
     out = {k: cfg[k] for k in CATALOG_PARAMS if k in cfg}
     if out.get("connectivity") is not None:
@@ -145,7 +145,7 @@ def catalog_task(
     name : str
         Catalog name (for the alignment log messages).
     params : dict
-        Source-finder options (:func:`catalog_params`).
+        Source-finder options (:func:`finder_params`).
     bbox : tuple or None
         ``((xmin, xmax), (ymin, ymax))`` of the WCS; sources outside are dropped.
     custom : str, optional
@@ -322,14 +322,14 @@ def resolve_align_mode(align_mode: str, wcses: list[Any], group_ids: list[str]) 
     Runs beside the catalog tasks (the overlaps of the groups' footprints take ~1 s for 16
     exposures), so the alignment task does not compute it while every worker waits.
     """
-    from image3_dask.algorithms.align import choose_mode
+    from image3_dask.algorithms.align import choose_align_mode
 
     if align_mode != "auto":
         return align_mode
     groups: dict[str, list] = {}
     for w, g in zip(wcses, group_ids, strict=True):
         groups.setdefault(g, []).append(np.asarray(w.footprint(), float))
-    return "official" if choose_mode(list(groups.values())) == "relative" else "global"
+    return choose_align_mode(list(groups.values()))
 
 
 def correct_task(
@@ -513,7 +513,7 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
         )
 
     custom = custom_catalogs(ctx, cfg, exposures)
-    params = catalog_params(cfg)
+    params = finder_params(cfg)
     fmt = cfg.get("catalog_format", "ecsv")
     tasks = []
     for e in exposures:
