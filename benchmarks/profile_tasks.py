@@ -27,7 +27,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--case", default="miri_mosaic_16", choices=sorted(CASES))
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--memory-limit", default="4GB")
+    p.add_argument("--memory-limit", default="1GB")
     p.add_argument("--steps", nargs="*", default=[], help="extra step.name=value parameters")
     args = p.parse_args()
     spec = dict(CASES[args.case])

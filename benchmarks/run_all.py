@@ -268,11 +268,17 @@ def write_report(path: Path) -> Path:
     large = json.loads(large_path.read_text()) if large_path.exists() else None
     if results:
         lines += targets_section(results, large)
+        analysis = path.parent / "benchmarks_analysis.md"
+        if analysis.exists():  # written by hand from the measurements, kept across runs
+            lines += [analysis.read_text().rstrip(), ""]
         lines += e2e_sections(results)
         png = path.parent / "benchmarks_e2e.png"
         e2e_figure(results, png)
         lines += ["", f"![wall time and peak memory]({png.name})", ""]
     mem = OUT / "resample_memory.json"
+    earlier = path.parent / "benchmarks_resample.md"
+    if not mem.exists() and earlier.exists():  # kept from the last run of the resample benchmarks
+        lines += [earlier.read_text().rstrip(), ""]
     if mem.exists():
         rows = json.loads(mem.read_text())["rows"]
         lines += [
