@@ -19,9 +19,27 @@ import tomli_w
 from image3_dask.errors import ConfigError
 from image3_dask.pipeline.step_specs import COMMON_SPEC, EXTRA_SPECS, OFFICIAL_SPECS, STEP_ORDER
 
-__all__ = ["Param", "StepConfig", "PipelineConfig", "parse_spec", "STEP_PARAMS"]
+__all__ = ["Param", "StepConfig", "PipelineConfig", "parse_bool", "parse_spec", "STEP_PARAMS"]
 
 _LINE = re.compile(r"^\s*(\w+)\s*=\s*(\w+)\((.*)\)\s*(?:#\s*(.*))?$")
+
+
+def parse_bool(value: Any) -> bool:
+    """A boolean parameter value as configobj reads it (``true/yes/1/on``, ``false/no/0/off``).
+
+    Raises
+    ------
+    ValueError
+        When ``value`` is neither.
+    """
+    if isinstance(value, bool):
+        return value
+    s = str(value).strip().lower()
+    if s in ("true", "yes", "1", "on"):
+        return True
+    if s in ("false", "no", "0", "off"):
+        return False
+    raise ValueError("expected true or false")
 
 
 @dataclass(frozen=True)
@@ -70,14 +88,7 @@ class Param:
     def _convert(self, value: Any) -> Any:
         kind = self.kind
         if kind == "boolean":
-            if isinstance(value, bool):
-                return value
-            s = str(value).strip().lower()
-            if s in ("true", "yes", "1", "on"):
-                return True
-            if s in ("false", "no", "0", "off"):
-                return False
-            raise ValueError("expected true or false")
+            return parse_bool(value)
         if kind == "integer":
             if isinstance(value, bool):
                 raise ValueError("expected an integer")

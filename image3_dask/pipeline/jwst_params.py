@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from image3_dask.errors import ConfigError
-from image3_dask.pipeline.config import STEP_PARAMS, PipelineConfig
+from image3_dask.pipeline.config import STEP_PARAMS, PipelineConfig, parse_bool
 from image3_dask.pipeline.step_specs import EXTRA_SPECS, STEP_ORDER
 
 __all__ = [
@@ -149,14 +149,10 @@ def classify(name: str) -> str:
 
 
 def _as_bool(value: Any, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    s = str(value).strip().lower()
-    if s in ("true", "yes", "1", "on"):
-        return True
-    if s in ("false", "no", "0", "off"):
-        return False
-    raise ConfigError(f"{where}: {value!r} is not true or false")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is not true or false") from None
 
 
 def _normal(value: Any) -> Any:
