@@ -264,3 +264,15 @@ def test_tiled_equals_single_tile_at_the_grid_edges(
             assert a.data.shape == (output_shape[1], output_shape[0])
         for name in ("data", "wht", "con", "err", "var_rnoise", "var_poisson", "var_flat"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+def test_no_input_pixel_refuses_to_write_the_i2d(tmp_path):
+    """When no tile had an input pixel the task that writes the i2d refuses before writing, so
+    no file is left that would look like a product."""
+    from image3_dask.graph.resample import write_i2d_task
+
+    out = tmp_path / "p_i2d.fits"
+    empty = [{"tile": "r000c000", "n_inputs": 0}, {"tile": "r000c001", "n_inputs": None}]
+    with pytest.raises(InputError, match="no input pixel reached the output grid"):
+        write_i2d_task(tmp_path / "missing.zarr", None, out, ["data"], empty)
+    assert not out.exists()

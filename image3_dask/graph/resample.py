@@ -300,10 +300,6 @@ def submit_tiles(
         reused = sum(1 for r in results if r["reused"])
         if reused:
             log.info("%s: %d of %d tiles reused from an earlier run", stage, reused, len(results))
-        if sum(r["n_inputs"] or 0 for r in results) == 0:
-            raise InputError(
-                "resample: no input pixel reached the output grid (all exposures empty or flagged)"
-            )
 
     ctx.on_finish(report)
     return plan, dict(zip([t.name for t in plan.tiles], futures, strict=True))
@@ -326,8 +322,18 @@ def build_i2d_model(exposures: list[ExposureInfo], grid, params: ResampleParams,
     return model
 
 
-def write_i2d_task(store_path: Path, model, out: Path, arrays: list[str]) -> str:
-    """Task: stream ``<product>_i2d.fits`` from the mosaic store (written atomically)."""
+def write_i2d_task(
+    store_path: Path, model, out: Path, arrays: list[str], tiles: list[dict]
+) -> str:
+    """Task: stream ``<product>_i2d.fits`` from the mosaic store (written atomically).
+
+    ``tiles`` are the results of the tile tasks; when no input pixel reached any tile the
+    file is not written (an all-empty mosaic is an error, not a product).
+    """
+    if sum(t["n_inputs"] or 0 for t in tiles) == 0:
+        raise InputError(
+            "resample: no input pixel reached the output grid (all exposures empty or flagged)"
+        )
     write_i2d(MosaicStore(store_path), model, out, arrays=arrays)
     return str(out)
 
@@ -373,8 +379,7 @@ def submit(ctx, data: StepData) -> StepData:
                 "resample-fits",
                 ctx.product_name,
                 write_i2d_task,
-                (store_path, model, out, params.i2d_arrays),
-                after=list(tiles.values()),
+                (store_path, model, out, params.i2d_arrays, list(tiles.values())),
             )
         ]
     )
