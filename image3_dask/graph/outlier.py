@@ -53,7 +53,12 @@ from image3_dask.graph.outlier_tasks import (
     write_median,
     write_single,
 )
-from image3_dask.graph.plan import MosaicPlan, make_plan, start_pixmaps, wcs_fingerprint
+from image3_dask.graph.plan import (
+    MosaicPlan,
+    exposure_fingerprint,
+    make_plan,
+    start_pixmaps,
+)
 from image3_dask.graph.tasks import TaskSpec, resumable
 from image3_dask.io.exposures import ExposureInfo
 from image3_dask.io.mosaic_store import MosaicStore, fingerprint
@@ -166,17 +171,6 @@ def _tile_groups(
     return out
 
 
-def _exposure_fp(e: ExposureInfo) -> list:
-    return [
-        e.name,
-        str(e.path),
-        e.path.stat().st_mtime_ns,
-        wcs_fingerprint(e.wcs, e.shape),
-        e.background_level,
-        e.background_subtracted,
-    ]
-
-
 def _crf_meta(info: ExposureInfo, status: str) -> dict:
     """``meta.background``, ``meta.cal_step`` and ``s_region`` of a crf file, as jwst records them.
 
@@ -206,7 +200,7 @@ def _base_fp(params: OutlierParams, exposures: list[ExposureInfo], grid_fp: str 
     return {
         "params": params.fingerprint(),
         "grid": grid_fp,
-        "exposures": [_exposure_fp(e) for e in exposures],
+        "exposures": [exposure_fingerprint(e) for e in exposures],
     }
 
 
@@ -220,6 +214,30 @@ class _Outputs:
     crf: dict[int, Path]
     meta: dict[int, dict]
     store: Path
+    #: fingerprint of what makes each crf file (its resume key and its ``content_fp``)
+    fp: dict[int, str]
+
+
+def _flag_spec(e: ExposureInfo, out: _Outputs, work, after: list, **kwargs) -> TaskSpec:
+    """The task flagging exposure ``e`` and writing its crf file, reused when still valid."""
+    return TaskSpec(
+        "outlier-flag",
+        e.name,
+        resumable,
+        kwargs={
+            "stage": "outlier-flag",
+            "name": e.name,
+            "manifest": out.store,
+            "fp": out.fp[e.index],
+            "outputs": [out.crf[e.index]],
+            "work": work,
+            "info": e,
+            "crf_path": out.crf[e.index],
+            "crf_meta": out.meta[e.index],
+            **kwargs,
+        },
+        after=after,
+    )
 
 
 def _submit_resampled(
@@ -381,20 +399,15 @@ def _submit_resampled(
             medians[t.name] for t in plan.tiles_reached(ref.bbox, BLOT_MARGIN) if t.name in medians
         ]
         specs.append(
-            TaskSpec(
-                "outlier-flag",
-                e.name,
+            _flag_spec(
+                e,
+                out,
                 flag_exposure,
-                kwargs={
-                    "info": e,
-                    "ref": ref,
-                    "store_path": out.store,
-                    "grid_shape": plan.grid.shape,
-                    "params": params,
-                    "crf_path": out.crf[e.index],
-                    "crf_meta": out.meta[e.index],
-                },
-                after=reached + data.after([e.index]),
+                reached + data.after([e.index]),
+                ref=ref,
+                store_path=out.store,
+                grid_shape=plan.grid.shape,
+                params=params,
             )
         )
     return dict(zip([e.index for e in exposures], ctx.submit(specs), strict=True))
@@ -477,19 +490,7 @@ def _submit_unresampled(ctx, data: StepData, params: OutlierParams, out: _Output
         )
         ctx.products["median"] = med_out
     specs = [
-        TaskSpec(
-            "outlier-flag",
-            e.name,
-            flag_exposure_median,
-            kwargs={
-                "info": e,
-                "store_path": out.store,
-                "params": params,
-                "crf_path": out.crf[e.index],
-                "crf_meta": out.meta[e.index],
-            },
-            after=medians,
-        )
+        _flag_spec(e, out, flag_exposure_median, medians, store_path=out.store, params=params)
         for e in exposures
     ]
     return dict(zip([e.index for e in exposures], ctx.submit(specs), strict=True))
@@ -577,10 +578,25 @@ def submit(ctx, data: StepData) -> StepData:
             ctx.submit(specs)
             ctx.products["crf"] = [crf_paths[e.index] for e in exposures]
         return data
+    meta = {e.index: _crf_meta(e, "COMPLETE") for e in exposures}
+    # a crf file depends on the parameters, the grid and every exposure (through the median)
+    base = _base_fp(params, exposures, plan.grid_fp if plan is not None else "")
     outputs = _Outputs(
         crf=crf_paths,
-        meta={e.index: _crf_meta(e, "COMPLETE") for e in exposures},
+        meta=meta,
         store=ctx.work_dir / "median.zarr",
+        fp={
+            e.index: fingerprint(
+                {
+                    **base,
+                    "stage": "outlier-flag",
+                    "exposure": e.index,
+                    "crf": str(crf_paths[e.index]),
+                    "meta": meta[e.index],
+                }
+            )
+            for e in exposures
+        },
     )
     if plan is not None:
         written = _submit_resampled(ctx, data, params, outputs, plan)
@@ -595,6 +611,14 @@ def submit(ctx, data: StepData) -> StepData:
             sum(flagged.values()),
             len(flagged),
         )
+        reused = sum(1 for r in results if r.get("reused"))
+        if reused:
+            log.info(
+                "outlier_detection: %d of %d crf files reused from an earlier run",
+                reused,
+                len(results),
+            )
+        ctx.products.setdefault("reused", {})["crf"] = reused
         ctx.products["outlier_flagged"] = flagged
 
     ctx.on_finish(report)
@@ -602,9 +626,11 @@ def submit(ctx, data: StepData) -> StepData:
         ctx.products["crf"] = [crf_paths[e.index] for e in exposures]
     return data.evolve(
         exposures=[
-            e.evolve(path=crf_paths[e.index], background_subtracted=True)
-            if subtracts_sky_now(e)
-            else e.evolve(path=crf_paths[e.index])
+            e.evolve(
+                path=crf_paths[e.index],
+                content_fp=outputs.fp[e.index],
+                background_subtracted=e.background_subtracted or subtracts_sky_now(e),
+            )
             for e in exposures
         ],
         written=written,

@@ -44,6 +44,7 @@ __all__ = [
     "output_grid",
     "start_pixmaps",
     "total_threads",
+    "exposure_fingerprint",
     "wcs_fingerprint",
     "worker_memory",
 ]
@@ -118,6 +119,31 @@ def wcs_fingerprint(wcs, shape: tuple[int, int]) -> str:
         _FINGERPRINTS.clear()
     _FINGERPRINTS[id(wcs)] = (wcs, tuple(shape), fp)
     return fp
+
+
+def exposure_fingerprint(e: ExposureInfo) -> list:
+    """What a task reading exposure ``e`` depends on, for the resume manifests.
+
+    The pixels are identified by ``e.content_fp`` when the file is a product of this run's
+    earlier steps (a ``_crf`` file is identified by what made it, so rewriting it with the same
+    content does not invalidate later tiles), else by the file's path, size and modification
+    time. The WCS (after tweakreg) and the sky level (after skymatch) are part of it.
+    """
+    if e.content_fp is not None:
+        content: list = ["made-from", e.content_fp]
+    else:
+        try:
+            st = e.path.stat()
+            content = [str(e.path), st.st_size, st.st_mtime_ns]
+        except OSError:
+            content = [str(e.path), None, None]
+    return [
+        e.name,
+        content,
+        wcs_fingerprint(e.wcs, e.shape),
+        e.background_level,
+        e.background_subtracted,
+    ]
 
 
 def output_grid(exposures: list[ExposureInfo], params: dict) -> OutputGrid:

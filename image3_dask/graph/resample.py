@@ -28,9 +28,9 @@ from image3_dask.graph.plan import (
     GridInfo,
     MosaicPlan,
     PixmapRef,
+    exposure_fingerprint,
     make_plan,
     start_pixmaps,
-    wcs_fingerprint,
 )
 from image3_dask.graph.tasks import TaskSpec, resumable
 from image3_dask.io.exposures import ExposureInfo
@@ -221,17 +221,7 @@ def _tile_fingerprints(exposures: list[ExposureInfo], plan: MosaicPlan, params: 
     base = {
         "params": asdict(params),
         "grid": plan.grid_fp,
-        "exposures": [
-            (
-                e.name,
-                str(e.path),
-                e.path.stat().st_mtime_ns if e.path.exists() else None,
-                wcs_fingerprint(e.wcs, e.shape),
-                e.background_level,
-                e.background_subtracted,
-            )
-            for e in exposures
-        ],
+        "exposures": [exposure_fingerprint(e) for e in exposures],
     }
     return {
         t.name: fingerprint(

@@ -91,7 +91,14 @@ def _call_after(func: Callable, _after: Sequence[Any], *args: Any, **kwargs: Any
 
 
 def resumable(
-    *, manifest: Path, stage: str, name: str, fp: str, work: Callable[..., dict], **kwargs: Any
+    *,
+    manifest: Path,
+    stage: str,
+    name: str,
+    fp: str,
+    work: Callable[..., dict],
+    outputs: Sequence[Path] = (),
+    **kwargs: Any,
 ) -> dict:
     """Run ``work(**kwargs)`` unless the manifest of store ``manifest`` has ``stage/name`` done.
 
@@ -99,6 +106,12 @@ def resumable(
     of the Zarr store it writes (:meth:`MosaicStore.mark_done`) holds its fingerprint (what its
     result was made from: inputs, parameters). ``work`` returns a small JSON-able summary,
     recorded with the fingerprint and returned again when the task is reused.
+
+    Parameters
+    ----------
+    outputs : sequence of Path
+        Files ``work`` writes outside the store (a ``_crf`` file). Their size and modification
+        time are recorded; the task is done only while each is still there, unchanged.
 
     Returns
     -------
@@ -111,10 +124,24 @@ def resumable(
     if store.is_done(stage, name, fp):
         done = store.done_info(stage, name)
         done.pop("fingerprint", None)
-        return {**done, "reused": True}
+        written = done.pop("outputs", {})
+        if all(written.get(str(p)) == _file_state(p) for p in outputs):
+            return {**done, "reused": True}
     info = work(**kwargs)
-    store.mark_done(stage, name, fp, info)
+    record = dict(info)
+    if outputs:
+        record["outputs"] = {str(p): _file_state(p) for p in outputs}
+    store.mark_done(stage, name, fp, record)
     return {**info, "reused": False}
+
+
+def _file_state(path: Path) -> list | None:
+    """``[size, mtime_ns]`` of a file, ``None`` when it is missing."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _bar(label: str, done: int, total: int, t0: float, stream) -> None:

@@ -107,6 +107,12 @@ class ExposureInfo:
         Sky level found by skymatch (``meta.background.level``), in the SCI units.
     background_subtracted : bool
         Whether the level has already been subtracted from the SCI array.
+    source_path : Path or None
+        The original cal file when ``path`` names a product that replaced it.
+    content_fp : str or None
+        When ``path`` is a product of an earlier step of this pipeline (a ``_crf`` file): the
+        fingerprint of what made it, which identifies its pixels for the resume manifests.
+        ``None`` for input files (identified by path, size and modification time).
     """
 
     index: int
@@ -120,6 +126,7 @@ class ExposureInfo:
     background_level: float | None = None
     background_subtracted: bool = False
     source_path: Path | None = None
+    content_fp: str | None = None
 
     def evolve(self, **changes: Any) -> ExposureInfo:
         """A copy with some attributes changed (exposure infos are treated as immutable)."""

@@ -13,7 +13,7 @@ from image3_dask.graph.tasks import TaskLedger, TaskSpec
 from image3_dask.io.asn import Association
 from image3_dask.pipeline.config import PipelineConfig
 
-__all__ = ["RunContext"]
+__all__ = ["RunContext", "exposure_product_name"]
 
 log = logging.getLogger("image3_dask")
 
@@ -122,4 +122,9 @@ class RunContext:
 
     def exposure_product_path(self, exposure_name: str, suffix: str, ext: str = "fits") -> Path:
         """``<output_dir>/<exposure>_<asn_id>_<suffix>.<ext>`` as jwst names per-exposure products."""
-        return self.output_dir / f"{exposure_name}_{self.asn.asn_id}_{suffix}.{ext}"
+        return self.output_dir / exposure_product_name(exposure_name, self.asn.asn_id, suffix, ext)
+
+
+def exposure_product_name(exposure_name: str, asn_id: str, suffix: str, ext: str = "fits") -> str:
+    """``<exposure>_<asn_id>_<suffix>.<ext>``: jwst's name of a per-exposure product."""
+    return f"{exposure_name}_{asn_id}_{suffix}.{ext}"

@@ -6,20 +6,20 @@ import importlib
 import logging
 import os
 import shutil
-import socket
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from image3_dask.errors import ConfigError, Image3Error, StepNotAvailableError
+from image3_dask.errors import ConfigError, StepNotAvailableError
 from image3_dask.graph.handoff import StepData
 from image3_dask.graph.tasks import TaskLedger, TaskSpec
 from image3_dask.io.asn import resolve_inputs
 from image3_dask.io.exposures import precheck_files, read_exposures, try_read_exposure_info
 from image3_dask.pipeline.cluster import connect
 from image3_dask.pipeline.config import PipelineConfig
-from image3_dask.pipeline.context import RunContext
+from image3_dask.pipeline.context import RunContext, exposure_product_name
+from image3_dask.pipeline.output_lock import OutputLock, OutputLockedError
 from image3_dask.pipeline.step_specs import STEP_ORDER
 
 log = logging.getLogger("image3_dask")
@@ -34,10 +34,6 @@ STEP_MODULES = {
     "resample": "image3_dask.graph.resample",
     "source_catalog": "image3_dask.graph.catalog",
 }
-
-
-class OutputLockedError(Image3Error):
-    """Another run is writing the same product in the same output folder."""
 
 
 def step_available(step: str) -> bool:
@@ -58,49 +54,6 @@ def _step_module(step: str):
             f"skip it with --steps.{step}.skip=true"
         )
     return importlib.import_module(STEP_MODULES[step])
-
-
-class _OutputLock:
-    """A lock file per product in the output folder, so that two runs never write the same one."""
-
-    def __init__(self, output_dir: Path, product: str):
-        self.path = output_dir / f".{product}.image3-dask.lock"
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = self.path.read_text().strip() if self.path.exists() else ""
-                host, _, pid = holder.partition(" ")
-                if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
-                    self.path.unlink(missing_ok=True)  # stale lock of a dead run on this host
-                    continue
-                raise OutputLockedError(
-                    f"{self.path.parent}: another run ({holder or 'unknown'}) is writing product "
-                    f"{self.path.name[1:].split('.image3-dask')[0]} here; wait for it to finish or "
-                    f"use another --output-dir (remove {self.path} if that run is dead)"
-                ) from None
-            with os.fdopen(fd, "w") as fh:
-                fh.write(me)
-            return self
-        raise OutputLockedError(f"cannot lock {self.path}")
-
-    def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this host is alive (a lock held by a dead run may be taken over)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Image3Pipeline:
@@ -273,7 +226,7 @@ class Image3Pipeline:
             if info.path.parent == output_dir and info.path.name.startswith(asn.product_name + "_"):
                 raise ConfigError(f"{info.path}: an input would be overwritten by a product")
         output_dir.mkdir(parents=True, exist_ok=True)
-        with _OutputLock(output_dir, asn.product_name):
+        with OutputLock(output_dir, asn.product_name, shared_outputs(self.config, asn, exposures)):
             work_dir = output_dir / f"{asn.product_name}_work"
             ctx = RunContext(
                 client=c,
@@ -296,6 +249,19 @@ class Image3Pipeline:
         ctx.products["timings"] = timings
         ctx.products["exposures"] = exposures
         return ctx.products
+
+
+def shared_outputs(config: PipelineConfig, asn, exposures: list) -> list[str]:
+    """Files a run writes in the output folder whose names do not come from its product.
+
+    The ``_crf`` files are named from the exposure and the association id, so two runs with
+    different products over the same exposures would write (and read back) the same files:
+    :class:`OutputLock` locks them too.
+    """
+    od = config["outlier_detection"]
+    if od.skip or not od.get("save_results", True) or len(exposures) < 1:
+        return []
+    return [exposure_product_name(e.name, asn.asn_id, "crf") for e in exposures]
 
 
 def _submit_steps(ctx: RunContext, exposures: list, timings: dict) -> StepData:

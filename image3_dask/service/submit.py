@@ -41,13 +41,8 @@ CANCEL_KEY = "image3-dask-cancel"
 _STEP_LINE = re.compile(r"^Step (\w+) (running|done|skipped)")
 
 
-def _lock_path(output_dir: Path, product: str) -> Path:
-    # The per-product lock file of image3_dask.pipeline.image3._OutputLock.
-    return output_dir / f".{product}.image3-dask.lock"
-
-
 def _check_free(client, output_dir: Path, product: str) -> None:
-    from image3_dask.pipeline.image3 import OutputLockedError, pid_alive
+    from image3_dask.pipeline.output_lock import OutputLockedError, check_free
 
     for job_id, rec in get_jobs(client).items():
         if (
@@ -60,17 +55,7 @@ def _check_free(client, output_dir: Path, product: str) -> None:
                 f"{product} here; wait for it (image3-dask status {job_id}) or use another "
                 "--output-dir"
             )
-    lock = _lock_path(output_dir, product)
-    if lock.exists():
-        holder = lock.read_text().strip() if lock.is_file() else ""
-        host, _, pid = holder.partition(" ")
-        stale = host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
-        if not stale:
-            raise OutputLockedError(
-                f"{output_dir}: another run ({holder or 'unknown'}) is writing product {product} "
-                f"here; wait for it to finish or use another --output-dir (remove {lock} if that "
-                "run is dead)"
-            )
+    check_free(output_dir, product)
 
 
 def submit_job(
@@ -294,10 +279,11 @@ class _Driver:
             self.client.cancel(futures)
 
     def _clear_lock_of_previous_attempt(self, prev: dict[str, Any]) -> None:
-        lock = _lock_path(Path(prev["output_dir"]), prev["product"])
-        if prev.get("state") == "running" and prev.get("host") and lock.is_file():
-            if lock.read_text().strip() == f"{prev['host']} {prev['pid']}":
-                lock.unlink(missing_ok=True)  # left by this job's driver on a dead worker
+        from image3_dask.pipeline.output_lock import release_locks_of
+
+        if prev.get("state") == "running" and prev.get("host"):
+            # left by this job's driver on a dead worker
+            release_locks_of(Path(prev["output_dir"]), prev["host"], prev["pid"])
 
     def run(self) -> dict[str, Any]:
         from image3_dask.pipeline.config import PipelineConfig
