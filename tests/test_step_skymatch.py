@@ -75,7 +75,7 @@ def test_match_recovers_sky_differences(client, small_dither, infos, tmp_path):
             "method": "match",
         }
         assert e.meta["background_method"] == "match"
-        assert e.meta["cal_step_skymatch"] == "COMPLETE"
+        assert e.cal_steps["skymatch"] == "COMPLETE"
     assert set(ctx.products["skymatch"]["exposures"]) == {e.name for e in infos}
 
 

@@ -87,7 +87,7 @@ def test_dither_official_reaches_002_pixel(dense_dither, dither_run):
     assert [fi["status"] for fi in rep["exposures"].values()] == ["REFERENCE"] + ["SUCCESS"] * 3
     assert json.loads(ctx.product_path("tweakreg", "json").read_text())["mode"] == "official"
     for e, o in zip(infos, out, strict=True):
-        assert o.meta["cal_step_tweakreg"] == "COMPLETE"
+        assert o.cal_steps["tweakreg"] == "COMPLETE"
         if o.wcs is not e.wcs:  # corrected: new gwcs frame and s_region
             assert o.meta["s_region"] != e.meta["s_region"]
             assert o.wcsinfo["s_region"] == o.meta["s_region"]
@@ -162,7 +162,7 @@ def test_single_group_is_skipped(client, dense_dither, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="image3_dask"):
         out = tweakreg.run(ctx, infos)
     assert "Skipping 'TweakRegStep'" in caplog.text
-    assert out[0].wcs is infos[0].wcs and out[0].meta["cal_step_tweakreg"] == "SKIPPED"
+    assert out[0].wcs is infos[0].wcs and out[0].cal_steps["tweakreg"] == "SKIPPED"
 
 
 def test_too_few_sources_leaves_wcs(client, dense_dither, tmp_path, caplog):

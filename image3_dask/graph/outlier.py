@@ -174,14 +174,14 @@ def _tile_groups(
 def _crf_meta(info: ExposureInfo, status: str) -> dict:
     """``meta.background``, ``meta.cal_step`` and ``s_region`` of a crf file, as jwst records them.
 
-    tweakreg and skymatch leave what jwst would write in ``info.meta`` (``cal_step_tweakreg``,
-    ``cal_step_skymatch``, ``background``, ``s_region``); a step that did not run in this
+    tweakreg and skymatch leave their status in ``info.cal_steps`` and what jwst would write
+    in ``info.meta`` (``background``, ``s_region``); a step that did not run in this
     pipeline is recorded as ``SKIPPED``, as stpipe does, and the file's own ``meta.background``
     is then kept.
     """
     cal_steps = {
-        "tweakreg": info.meta.get("cal_step_tweakreg", "SKIPPED"),
-        "skymatch": info.meta.get("cal_step_skymatch", "SKIPPED"),
+        "tweakreg": info.cal_steps.get("tweakreg", "SKIPPED"),
+        "skymatch": info.cal_steps.get("skymatch", "SKIPPED"),
         "outlier_detection": status,
     }
     return {

@@ -25,7 +25,7 @@ and outlier detection, the outlier flagging's ``backg``) subtracts it, which giv
 jwst drizzles and flags in both cases. What jwst writes in ``meta.background`` of the
 products is kept in ``info.meta["background"]`` (``level``, ``subtracted`` = the ``subtract``
 parameter, ``method``), with ``info.meta["background_method"]`` and
-``info.meta["cal_step_skymatch"]`` (``COMPLETE``/``SKIPPED``). A step that writes an
+``info.cal_steps["skymatch"]`` (``COMPLETE``/``SKIPPED``). A step that writes an
 exposure's pixels (the ``_crf`` files) with ``meta["background"]["subtracted"]`` true writes
 ``data - background_level`` and then marks that file ``background_subtracted=True``.
 """
@@ -121,7 +121,7 @@ def _apply(
     for e in exposures:
         level, valid = levels[e.index]
         if not valid:
-            out.append(e.evolve(meta={**e.meta, "cal_step_skymatch": "SKIPPED"}))
+            out.append(e.evolve(cal_steps={**e.cal_steps, "skymatch": "SKIPPED"}))
             continue
         # level already subtracted from the file's pixels by an earlier run (subtract=true)
         done = float(e.background_level) if e.background_subtracted else 0.0
@@ -129,9 +129,15 @@ def _apply(
             **e.meta,
             "background": {"level": done + level, "subtracted": bool(subtract), "method": method},
             "background_method": method,
-            "cal_step_skymatch": "COMPLETE",
         }
-        out.append(e.evolve(background_level=float(level), background_subtracted=False, meta=meta))
+        out.append(
+            e.evolve(
+                background_level=float(level),
+                background_subtracted=False,
+                meta=meta,
+                cal_steps={**e.cal_steps, "skymatch": "COMPLETE"},
+            )
+        )
     return out
 
 
@@ -251,13 +257,13 @@ def _record_levels(
         "exposures": {
             e.name: {
                 "level": levels[e.index][0] if levels[e.index][1] else None,
-                "status": e.meta["cal_step_skymatch"],
+                "status": e.cal_steps["skymatch"],
             }
             for e in out
         },
     }
     for e in out:
-        if e.meta["cal_step_skymatch"] == "SKIPPED":
+        if e.cal_steps["skymatch"] == "SKIPPED":
             log.warning("skymatch: unable to compute the sky of %s; it is left unchanged", e.name)
         else:
             log.info("skymatch: %s sky = %.6g (%s)", e.name, e.background_level, method)

@@ -484,7 +484,7 @@ def submit(ctx, data: StepData) -> StepData:
     -------
     StepData
         The exposures, with ``wcs`` and ``meta['s_region']`` updated where the fit succeeded
-        and ``meta['cal_step_tweakreg']`` set to ``COMPLETE`` or ``SKIPPED``.
+        and ``cal_steps['tweakreg']`` set to ``COMPLETE`` or ``SKIPPED``.
     """
     data = data.settled()
     return data.evolve(exposures=_align(ctx, data.exposures))
@@ -504,7 +504,7 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
     def skipped(message: str) -> list[ExposureInfo]:
         log.warning(message)
         _record(ctx, cfg, {**base_report, "status": "SKIPPED", "message": message})
-        return [e.evolve(meta={**e.meta, "cal_step_tweakreg": "SKIPPED"}) for e in exposures]
+        return [e.evolve(cal_steps={**e.cal_steps, "tweakreg": "SKIPPED"}) for e in exposures]
 
     if refcat is None and not cfg["save_catalogs"] and n_groups == 1:
         return skipped(
@@ -596,14 +596,15 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
     _record(ctx, cfg, report)
     if not result["success"]:
         log.warning("tweakreg: alignment failed; every exposure keeps its WCS")
-        return [e.evolve(meta={**e.meta, "cal_step_tweakreg": "SKIPPED"}) for e in exposures]
+        return [e.evolve(cal_steps={**e.cal_steps, "tweakreg": "SKIPPED"}) for e in exposures]
 
     out = []
     n_updated = 0
     for k, (e, w) in enumerate(zip(exposures, result["wcs"], strict=True)):
-        meta = {**e.meta, "cal_step_tweakreg": "COMPLETE"}
+        meta = dict(e.meta)
+        steps = {**e.cal_steps, "tweakreg": "COMPLETE"}
         if w is None:
-            out.append(e.evolve(meta=meta))
+            out.append(e.evolve(cal_steps=steps))
             continue
         if refcat is not None:
             w.name = f"FIT-LVL3-{report['abs_refcat']}"
@@ -612,7 +613,7 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
         if s_region is not None:
             meta["s_region"] = s_region
             wcsinfo["s_region"] = s_region
-        out.append(e.evolve(wcs=w, wcsinfo=wcsinfo, meta=meta))
+        out.append(e.evolve(wcs=w, wcsinfo=wcsinfo, meta=meta, cal_steps=steps))
         n_updated += 1
     log.info(
         "tweakreg (%s%s): %d of %d exposures corrected",

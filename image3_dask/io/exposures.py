@@ -109,6 +109,10 @@ class ExposureInfo:
         Whether the level has already been subtracted from the SCI array.
     source_path : Path or None
         The original cal file when ``path`` names a product that replaced it.
+    cal_steps : dict
+        Status of the level-3 steps run on the exposure so far, as jwst records them in
+        ``meta.cal_step`` (``{"tweakreg": "COMPLETE", "skymatch": "SKIPPED"}``); a step not in
+        it did not run.
     content_fp : str or None
         When ``path`` is a product of an earlier step of this pipeline (a ``_crf`` file): the
         fingerprint of what made it, which identifies its pixels for the resume manifests.
@@ -127,6 +131,7 @@ class ExposureInfo:
     background_subtracted: bool = False
     source_path: Path | None = None
     content_fp: str | None = None
+    cal_steps: dict[str, str] = field(default_factory=dict)
 
     def evolve(self, **changes: Any) -> ExposureInfo:
         """A copy with some attributes changed (exposure infos are treated as immutable)."""
