@@ -26,7 +26,8 @@ from image3_dask.algorithms.align import (
     parse_refcat,
     relative_align,
 )
-from image3_dask.algorithms.global_solve import PairMatch, solve_global
+from image3_dask.algorithms.global_pairs import PairMatch
+from image3_dask.algorithms.global_solve import solve_global
 from image3_dask.algorithms.tweakreg_catalog import make_tweakreg_catalog
 
 SHAPE = (200, 200)
