@@ -366,12 +366,17 @@ def _meta(instrument="MIRI", filt="F770W", pupil=None, subarray="FULL"):
 
 def test_refdata_sources_and_errors(runs, tmp_path, caplog):
     from image3_dask.graph.catalog import resolve_refdata
+    from image3_dask.io.crds_refs import References
     from image3_dask.pipeline.config import PipelineConfig
 
     cfg = dict(PipelineConfig()["source_catalog"])
-    # simulated instrument, no override: documented defaults, said in the log line
-    ref = resolve_refdata(cfg, _meta())
+    # exposures marked by the simulator, no override: documented defaults, said in the log line
+    ref = resolve_refdata(cfg, _meta(), References(simulated=True))
     assert "defaults for simulated MIRI F770W" in ref.source and ref.abvega_offset > 3
+    assert not ref.uncorrected
+    # the same instrument/filter on unmarked (real) exposures: jwst's fallback
+    ref = resolve_refdata(cfg, _meta())
+    assert ref.abvega_offset == 0.0 and "fallback" in ref.source and len(ref.uncorrected) == 2
     # real instrument/filter without override: jwst's fallback, with jwst's warnings
     with caplog.at_level(logging.WARNING, logger="image3_dask"):
         ref = resolve_refdata(cfg, _meta("NIRCAM", "F444W", pupil="CLEAR"))

@@ -74,6 +74,7 @@ from image3_dask.io.catalog_products import (
     read_i2d_meta,
     write_catalog,
 )
+from image3_dask.io.crds_refs import References, resolve_references
 from image3_dask.io.mosaic_store import MosaicStore
 
 log = logging.getLogger("image3_dask")
@@ -85,6 +86,7 @@ __all__ = [
     "catalog_params",
     "catalog_tile_shape",
     "choose_catalog_mode",
+    "ref_file_meta",
     "resolve_refdata",
     "run",
     "submit",
@@ -139,12 +141,13 @@ def _extra_meta(cfg: dict) -> dict[str, Any]:
     }
 
 
-def resolve_refdata(cfg: dict, meta) -> RefData:
-    """Aperture corrections and AB-Vega offset: override files, else documented defaults.
+def resolve_refdata(cfg: dict, meta, references: References | None = None) -> RefData:
+    """Aperture corrections and AB-Vega offset of the mosaic, from the run's reference files.
 
-    Order, for each of the two: the ``override_apcorr`` / ``override_abvegaoffset`` file;
-    else, for an instrument/filter of :data:`SIMULATED_DEFAULTS` (the simulated MIRI F770W and
-    NIRCam F200W), the documented defaults of
+    Order, for each of the two: the ``override_apcorr`` / ``override_abvegaoffset`` file; else
+    the file CRDS gave (:func:`~image3_dask.io.crds_refs.resolve_references`); else, only when
+    every exposure was written by the image3-dask simulator (``references.simulated``) and the
+    instrument/filter is one of :data:`SIMULATED_DEFAULTS`, the documented defaults of
     :func:`~image3_dask.algorithms.catalog.default_refdata`; else jwst's fallback without
     reference files (radii 1, 2, 3 px without aperture correction; AB-Vega offset 0), with
     jwst's warnings.
@@ -155,6 +158,8 @@ def resolve_refdata(cfg: dict, meta) -> RefData:
         Step parameters.
     meta : stdatamodels.jwst.datamodels.ImageModel
         Mosaic metadata (instrument, filter, pupil, subarray, detector, pixel_scale_ratio).
+    references : References, optional
+        The run's reference files (default: only the ``override_*`` parameters, real data).
 
     Returns
     -------
@@ -164,10 +169,16 @@ def resolve_refdata(cfg: dict, meta) -> RefData:
     Raises
     ------
     InputError
-        When an override file is unreadable or has no row for the mosaic's configuration.
+        When a reference file is unreadable or has no row for the mosaic's configuration.
     ConfigError
         When the aperture encircled energies are invalid.
     """
+    if references is None:
+        references = References()
+        for reftype in ("apcorr", "abvegaoffset"):
+            if cfg.get(f"override_{reftype}"):
+                references.paths[reftype] = str(cfg[f"override_{reftype}"])
+                references.origin[reftype] = "override"
     inst = (meta.meta.instrument.name or "").upper()
     filt = meta.meta.instrument.filter
     pupil = meta.meta.instrument.pupil
@@ -181,11 +192,13 @@ def resolve_refdata(cfg: dict, meta) -> RefData:
             "detector pixel scale (i.e., pixel_scale_ratio = 1)"
         )
         ratio = 1.0
-    simulated = (inst, str(filt).upper()) in SIMULATED_DEFAULTS
+    simulated = references.simulated and (inst, str(filt).upper()) in SIMULATED_DEFAULTS
     sources = []
-    if cfg.get("override_apcorr"):
-        path = cfg["override_apcorr"]
-        table = read_apcorr_table(path)
+    uncorrected = []
+    path = references.path("apcorr")
+    if path:
+        what = _refname("apcorr", references)
+        table = read_apcorr_table(path, what)
         try:
             ap = aperture_params_from_table(
                 table,
@@ -197,8 +210,9 @@ def resolve_refdata(cfg: dict, meta) -> RefData:
                 pixel_scale_ratio=ratio,
             )
         except (ValueError, KeyError) as exc:
-            raise InputError(f"{path}: override_apcorr: {exc}") from None
-        sources.append(f"APCORR from {path}")
+            raise InputError(f"{path}: {what}: {exc}") from None
+        log.info("Using APCORR reference file: %s", path)
+        sources.append(f"APCORR from {path} ({references.origin.get('apcorr')})")
     elif simulated:
         try:
             ap, _ = default_refdata(inst, filt, aperture_ee=ee, pixel_scale_ratio=ratio)
@@ -207,8 +221,8 @@ def resolve_refdata(cfg: dict, meta) -> RefData:
         spec = SIMULATED_DEFAULTS[(inst, str(filt).upper())]
         sources.append(
             f"APCORR: image3-dask defaults for simulated {inst} {filt} (Gaussian PSF, FWHM "
-            f'{spec.psf_fwhm_arcsec}" = {spec.psf_fwhm_pixels:.2f} native px; '
-            "use override_apcorr for real data)"
+            f'{spec.psf_fwhm_arcsec}" = {spec.psf_fwhm_pixels:.2f} native px; the exposures '
+            "carry the simulator's mark)"
         )
     else:
         log.warning(
@@ -216,17 +230,21 @@ def resolve_refdata(cfg: dict, meta) -> RefData:
             "without any aperture corrections."
         )
         ap = dict(FALLBACK_APERTURE_PARAMS)
-        sources.append("APCORR: jwst fallback (no aperture correction)")
-    if cfg.get("override_abvegaoffset"):
-        path = cfg["override_abvegaoffset"]
-        table = read_abvega_table(path)
+        why = references.messages.get("apcorr") or "no override_apcorr"
+        sources.append(f"APCORR: jwst fallback, no aperture correction ({why})")
+        uncorrected.append("no aperture correction (no APCORR reference file)")
+    path = references.path("abvegaoffset")
+    if path:
+        what = _refname("abvegaoffset", references)
+        table = read_abvega_table(path, what)
         try:
             offset = abvega_offset_from_table(
                 table, instrument=inst, filter_name=filt, pupil=pupil, detector=detector
             )
         except (ValueError, KeyError) as exc:
-            raise InputError(f"{path}: override_abvegaoffset: {exc}") from None
-        sources.append(f"ABVEGAOFFSET from {path}")
+            raise InputError(f"{path}: {what}: {exc}") from None
+        log.info("Using ABVEGAOFFSET reference file: %s", path)
+        sources.append(f"ABVEGAOFFSET from {path} ({references.origin.get('abvegaoffset')})")
     elif simulated:
         offset = SIMULATED_DEFAULTS[(inst, str(filt).upper())].abvega_offset
         sources.append(f"ABVEGAOFFSET: image3-dask default for simulated {inst} {filt}")
@@ -235,8 +253,41 @@ def resolve_refdata(cfg: dict, meta) -> RefData:
             "ABVEGAOFFSET reference file was not input. Catalog Vega magnitudes are not correct."
         )
         offset = 0.0
-        sources.append("ABVEGAOFFSET: jwst fallback (0)")
-    return RefData(ap, float(offset), "; ".join(sources))
+        why = references.messages.get("abvegaoffset") or "no override_abvegaoffset"
+        sources.append(f"ABVEGAOFFSET: jwst fallback, 0 ({why})")
+        uncorrected.append("Vega magnitudes equal AB (no ABVEGAOFFSET reference file)")
+    return RefData(ap, float(offset), "; ".join(sources), tuple(uncorrected))
+
+
+def _refname(reftype: str, references: References) -> str:
+    """How messages name a reference file: ``override_apcorr`` or ``CRDS APCORR file``."""
+    if references.origin.get(reftype) == "override":
+        return f"override_{reftype}"
+    return f"CRDS {reftype.upper()} reference file"
+
+
+def ref_file_meta(references: References) -> dict[str, Any]:
+    """``meta.ref_file`` entries of the catalog products, as jwst records them.
+
+    Parameters
+    ----------
+    references : References
+        The run's reference files.
+
+    Returns
+    -------
+    dict
+        ``{"apcorr": {"name": ...}, "abvegaoffset": {"name": ...}}`` (``crds://<file>``, an
+        override's absolute path, or ``N/A``), with ``crds`` (``sw_version``,
+        ``context_used``) when CRDS was asked.
+    """
+    out: dict[str, Any] = {
+        reftype: {"name": references.ref_file_name(reftype)}
+        for reftype in ("apcorr", "abvegaoffset")
+    }
+    if references.context:
+        out["crds"] = {"sw_version": references.sw_version, "context_used": references.context}
+    return out
 
 
 def catalog_tile_shape(
@@ -560,8 +611,20 @@ def submit(ctx, data: StepData) -> StepData:
         store = store if _store_usable(store, shape) else None
     info = MosaicInfo(Path(i2d), store, shape, float(area), ref_pix, meta.meta.wcs)
     params = catalog_params(cfg)
-    refdata = resolve_refdata(cfg, meta)
+    references = ctx.shared.get("references")
+    if references is None:  # the step run on its own: resolved here, once
+        members = [e.source_path or e.path for e in data.exposures]
+        references = resolve_references(
+            members, ctx.config, steps=["source_catalog"], apply_pars=False
+        )
+        ctx.shared["references"] = references
+    for msg in references.lookup_failed.values():
+        log.warning("%s Source catalog will not be created.", msg)
+        return data
+    refdata = resolve_refdata(cfg, meta, references)
     log.info("source_catalog: %s", refdata.source)
+    if refdata.uncorrected:
+        ctx.products["photometry"] = "UNCORRECTED: " + "; ".join(refdata.uncorrected)
     log.info(
         "source_catalog: snr_threshold=%g npixels=%d kernel_fwhm=%g bkg_boxsize=%d deblend=%s",
         params.snr_threshold,
@@ -580,7 +643,7 @@ def submit(ctx, data: StepData) -> StepData:
     )
     log.info("source_catalog: %s mode (%s)", "tiled" if tiled else "single-frame", reason)
     segm_store = store if store is not None else ctx.work_dir / "catalog_segm.zarr"
-    extra_meta = _extra_meta(cfg)
+    extra_meta = {**_extra_meta(cfg), "ref_file": ref_file_meta(references)}
     if tiled:
         catalog, _ = _run_tiled(ctx, info, params, refdata, extra_meta, segm_store, mosaic)
     else:
@@ -612,6 +675,7 @@ def submit(ctx, data: StepData) -> StepData:
     cat_path = ctx.product_path("cat", "ecsv")
     segm_path = ctx.product_path("segm")
     meta.meta.source_catalog = cat_path.name  # as jwst sets it before copying the metadata
+    _record_ref_files(meta, references)
     ctx.submit(
         [
             TaskSpec(
@@ -630,6 +694,17 @@ def submit(ctx, data: StepData) -> StepData:
     if segm_store == store:
         ctx.products["segm_zarr"] = store  # plane "segm" of the mosaic store
     return data
+
+
+def _record_ref_files(meta, references: References) -> None:
+    """``meta.ref_file`` of the segmentation map: the files the catalog used (jwst's names)."""
+    entries = ref_file_meta(references)
+    crds = entries.pop("crds", None)
+    # stdatamodels' schemas have no APCORR/ABVEGAOFFSET entries; the tree keeps them anyway
+    meta.meta.ref_file.instance.update(entries)
+    if crds:
+        meta.meta.ref_file.crds.sw_version = crds["sw_version"]
+        meta.meta.ref_file.crds.context_used = crds["context_used"]
 
 
 def run(ctx, exposures: list) -> list:

@@ -96,11 +96,14 @@ class RefData:
         ``m_AB - m_Vega``.
     source : str
         Human-readable origin (logged).
+    uncorrected : tuple of str
+        What the photometry lacks for want of reference files (empty when corrected).
     """
 
     aperture_params: dict[str, Any]
     abvega_offset: float
     source: str
+    uncorrected: tuple[str, ...] = ()
 
 
 def _read_window(store_path: Path, window: tuple[slice, slice], pixel_area_sr: float, err=True):

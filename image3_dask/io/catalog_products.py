@@ -50,13 +50,15 @@ SEGM_PLANE = "segm"
 _UINT32_BZERO = np.uint32(2**31)
 
 
-def read_apcorr_table(path: str | os.PathLike) -> Table:
+def read_apcorr_table(path: str | os.PathLike, what: str = "override_apcorr") -> Table:
     """Read the ``apcorr_table`` of an APCORR reference file (an ApcorrModel FITS file).
 
     Parameters
     ----------
     path : path-like
-        ``override_apcorr``.
+        ``override_apcorr``, or the file CRDS gave.
+    what : str
+        How error messages name the file.
 
     Returns
     -------
@@ -73,7 +75,7 @@ def read_apcorr_table(path: str | os.PathLike) -> Table:
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: override_apcorr file not found")
+        raise InputError(f"{path}: {what} file not found")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -82,24 +84,26 @@ def read_apcorr_table(path: str | os.PathLike) -> Table:
                 table = None if table is None else Table(np.array(table))
     except Exception as exc:  # noqa: BLE001 - any failure to parse is the file's fault
         raise InputError(
-            f"{path}: override_apcorr is not a readable APCORR (ApcorrModel) file: "
+            f"{path}: {what} is not a readable APCORR (ApcorrModel) file: "
             f"{type(exc).__name__}: {exc}"
         ) from None
     if table is None or len(table) == 0:
-        raise InputError(f"{path}: override_apcorr holds no apcorr_table")
+        raise InputError(f"{path}: {what} holds no apcorr_table")
     missing = {"eefraction", "radius", "apcorr", "skyin", "skyout"} - set(table.colnames)
     if missing:
-        raise InputError(f"{path}: override_apcorr table lacks columns {sorted(missing)}")
+        raise InputError(f"{path}: {what} table lacks columns {sorted(missing)}")
     return table
 
 
-def read_abvega_table(path: str | os.PathLike) -> Table:
+def read_abvega_table(path: str | os.PathLike, what: str = "override_abvegaoffset") -> Table:
     """Read the ``abvega_offset`` table of an ABVEGAOFFSET file (ABVegaOffsetModel ASDF).
 
     Parameters
     ----------
     path : path-like
-        ``override_abvegaoffset``.
+        ``override_abvegaoffset``, or the file CRDS gave.
+    what : str
+        How error messages name the file.
 
     Returns
     -------
@@ -115,7 +119,7 @@ def read_abvega_table(path: str | os.PathLike) -> Table:
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: override_abvegaoffset file not found")
+        raise InputError(f"{path}: {what} file not found")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -124,11 +128,11 @@ def read_abvega_table(path: str | os.PathLike) -> Table:
                 table = None if table is None else Table(table)
     except Exception as exc:  # noqa: BLE001
         raise InputError(
-            f"{path}: override_abvegaoffset is not a readable ABVEGAOFFSET "
+            f"{path}: {what} is not a readable ABVEGAOFFSET "
             f"(ABVegaOffsetModel) file: {type(exc).__name__}: {exc}"
         ) from None
     if table is None or len(table) == 0 or "abvega_offset" not in table.colnames:
-        raise InputError(f"{path}: override_abvegaoffset holds no abvega_offset table")
+        raise InputError(f"{path}: {what} holds no abvega_offset table")
     return table
 
 
@@ -210,6 +214,11 @@ def segm_model_from_i2d(i2d_meta, filename: str):
         model.meta.wcs = i2d_meta.meta.wcs
         model.meta.wcsinfo = i2d_meta.meta.wcsinfo
         model.meta.filename = filename
+        # the catalog's reference files (no FITS keywords, so not copied with the header)
+        refs = i2d_meta.meta.ref_file.instance
+        model.meta.ref_file.instance.update(
+            {k: dict(refs[k]) for k in ("apcorr", "abvegaoffset") if k in refs}
+        )
     return model
 
 

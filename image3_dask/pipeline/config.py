@@ -178,6 +178,11 @@ class PipelineConfig:
             step: StepConfig({name: p.default for name, p in params.items()})
             for step, params in STEP_PARAMS.items()
         }
+        #: ``{step: {parameter: source}}``: where each value came from (``"default"``, a file,
+        #: ``--steps``, ``steps``, ``crds:<file>``).
+        self.origins: dict[str, dict[str, str]] = {
+            step: dict.fromkeys(params, "default") for step, params in STEP_PARAMS.items()
+        }
         if steps:
             self.update(steps)
 
@@ -201,6 +206,26 @@ class PipelineConfig:
                         + ", ".join(sorted(params))
                     )
                 self.steps[step][name] = params[name].coerce(value, f"{source}.{step}.{name}")
+                self.origins[step][name] = source
+
+    def update_defaults(
+        self, steps: dict[str, dict[str, Any]], source: str
+    ) -> dict[str, dict[str, Any]]:
+        """Apply values only to parameters still at their default (stpipe's CRDS ``pars-*``
+        layer: defaults < CRDS < parameter file < command line).
+
+        Returns
+        -------
+        dict
+            ``{step: {parameter: value}}`` applied.
+        """
+        applied: dict[str, dict[str, Any]] = {}
+        for step, values in steps.items():
+            free = {k: v for k, v in values.items() if self.origins[step].get(k) == "default"}
+            if free:
+                self.update({step: free}, source=source)
+                applied[step] = {k: self.steps[step][k] for k in free}
+        return applied
 
     def apply_overrides(self, overrides: list[str]) -> None:
         """Apply ``steps.<step>.<name>=<value>`` strings (the leading dashes are optional)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 import os
@@ -15,6 +16,7 @@ from image3_dask.errors import ConfigError, StepNotAvailableError
 from image3_dask.graph.handoff import StepData
 from image3_dask.graph.tasks import TaskLedger, TaskSpec
 from image3_dask.io.asn import resolve_inputs
+from image3_dask.io.crds_refs import resolve_references
 from image3_dask.io.exposures import precheck_files, read_exposures, try_read_exposure_info
 from image3_dask.pipeline.cluster import connect
 from image3_dask.pipeline.config import PipelineConfig
@@ -147,11 +149,19 @@ class Image3Pipeline:
         progress: bool = True,
         keep_work: bool = False,
         mosaic_page: int | None = None,
+        disable_crds_steppars: bool | None = None,
     ) -> dict[str, Any]:
         """Validate the inputs, then run the steps in order on the cluster.
 
+        Before the cluster starts, the client asks CRDS (when the environment configures it)
+        for the steps' parameter files and reference files, once
+        (:func:`~image3_dask.io.crds_refs.resolve_references`).
+
         Parameters
         ----------
+        disable_crds_steppars : bool, optional
+            stpipe's ``--disable-crds-steppars``: do not apply CRDS ``pars-*`` files (default:
+            the ``STPIPE_DISABLE_CRDS_STEPPARS`` environment variable decides).
         mosaic_page : int, optional
             Serve a live picture of the run's tiles on ``http://127.0.0.1:<port>/`` (0: a free
             port; its address is logged next to the dashboard's) while the run lasts; see
@@ -169,6 +179,9 @@ class Image3Pipeline:
             if not self.config[step].skip:
                 _step_module(step)  # fail before any work when a step is unavailable
         precheck_files(asn.members)  # missing or non-FITS members fail before a cluster starts
+        # CRDS step parameters (under the user's) and reference files: once, on the client
+        config = copy.deepcopy(self.config)
+        references = resolve_references(asn.members, config, disable_steppars=disable_crds_steppars)
         output_dir = Path(output_dir).resolve()
         timings: dict[str, float] = {}
         with connect(
@@ -181,7 +194,16 @@ class Image3Pipeline:
             page = _start_mosaic_page(c, token, mosaic_page, progress)
             try:
                 products = self._run_steps(
-                    c, asn, output_dir, token, link, timings, progress, keep_work, page
+                    c,
+                    asn,
+                    output_dir,
+                    token,
+                    link,
+                    timings,
+                    progress,
+                    keep_work,
+                    page,
+                    crds=(config, references),
                 )
             except BaseException as exc:
                 if page is not None:
@@ -206,8 +228,13 @@ class Image3Pipeline:
         progress: bool,
         keep_work: bool,
         page,
+        crds=None,
     ) -> dict[str, Any]:
-        """Validate the exposures on the cluster ``c`` and run the steps; returns the products."""
+        """Validate the exposures on the cluster ``c`` and run the steps; returns the products.
+
+        ``crds``: the run's parameters with CRDS's applied, and its reference files.
+        """
+        config, references = crds if crds is not None else (self.config, None)
 
         ledger = TaskLedger(
             c, token, progress=progress, watcher=page.monitor if page is not None else None
@@ -230,7 +257,7 @@ class Image3Pipeline:
             work_dir = output_dir / f"{asn.product_name}_work"
             ctx = RunContext(
                 client=c,
-                config=self.config,
+                config=config,
                 asn=asn,
                 output_dir=output_dir,
                 work_dir=work_dir,
@@ -239,6 +266,8 @@ class Image3Pipeline:
                 tasks=ledger,
             )
             ctx.products["dashboard"] = link
+            if references is not None:
+                ctx.shared["references"] = references
             try:
                 exposures = _submit_steps(ctx, exposures, timings).exposures
             except BaseException:
@@ -246,6 +275,8 @@ class Image3Pipeline:
                 raise
             if not keep_work and work_dir.exists():
                 shutil.rmtree(work_dir, ignore_errors=True)
+        if ctx.products.get("photometry"):
+            log.warning("Catalog photometry: %s", ctx.products["photometry"])
         ctx.products["timings"] = timings
         ctx.products["exposures"] = exposures
         return ctx.products
@@ -341,6 +372,7 @@ RUN_KEYWORDS = (
     "progress",
     "keep_work",
     "mosaic_page",
+    "disable_crds_steppars",
 )
 #: stpipe's parameters of a pipeline, accepted by ``call`` at the values jwst uses.
 STPIPE_KEYWORDS = (

@@ -431,7 +431,13 @@ def load_parameter_file(path: str | Path) -> tuple[dict[str, dict[str, Any]], Pi
     """
     path = Path(path)
     if path.suffix.lower() == ".toml":
-        return PipelineConfig.from_toml(path).to_dict(), PipelineOptions()
+        toml = PipelineConfig.from_toml(path)
+        # only the values the file sets (the others stay open to CRDS step parameters)
+        given = {
+            step: {k: v for k, v in values.items() if toml.origins[step][k] != "default"}
+            for step, values in toml.to_dict().items()
+        }
+        return {step: values for step, values in given.items() if values}, PipelineOptions()
     data = _read_any(path)
     where = str(path)
     cls = data.get("class")

@@ -11,6 +11,7 @@ import numpy as np
 from astropy.time import Time
 from stdatamodels.jwst import datamodels
 
+from image3_dask.io.crds_refs import SIMULATED_KEYWORD
 from image3_dask.simulate.instruments import Detector, Instrument
 
 __all__ = ["ExposureMeta", "cal_filename", "write_cal"]
@@ -135,6 +136,12 @@ def write_cal(
         m.bunit_err = "MJy/sr"
         m.calibration_software_version = "3.0.0"
         m.data_processing_software_version = "image3_dask.simulate"
+        # the mark that lets image3-dask use its simulated-instrument defaults (jwst ignores it)
+        model.extra_fits = {
+            "PRIMARY": {
+                "header": [[SIMULATED_KEYWORD, True, "written by the image3-dask simulator"]]
+            }
+        }
 
         ins = m.instrument
         ins.name = inst.name
