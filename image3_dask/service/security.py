@@ -33,6 +33,30 @@ def _readable(path: str | os.PathLike, what: str) -> str:
     return str(p.resolve())
 
 
+def _check_pair(crt: str, k: str | None, cert_arg, key_arg) -> None:
+    """Load the certificate with its key as the TLS handshake will, naming what is wrong."""
+    import ssl
+
+    if k is None:
+        with open(crt, "rb") as fh:
+            has_key = b"PRIVATE KEY-----" in fh.read()
+        if not has_key:
+            raise ConfigError(
+                f"--tls-cert {cert_arg} holds no private key and --tls-key is missing: give the "
+                "certificate's key file with --tls-key (key.pem of `image3-dask certs`)"
+            )
+    try:
+        ssl.create_default_context().load_cert_chain(crt, k)
+    except ssl.SSLError as exc:
+        what = f"--tls-key {key_arg}" if k else f"the key in --tls-cert {cert_arg}"
+        raise ConfigError(
+            f"--tls-cert {cert_arg}: cannot be used with {what} ({exc.reason or exc}); give the "
+            "certificate and its own private key"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"--tls-cert {cert_arg}: cannot be read ({exc})") from None
+
+
 def security_from_files(
     ca_file: str | os.PathLike | None = None,
     cert: str | os.PathLike | None = None,
@@ -58,7 +82,8 @@ def security_from_files(
     Raises
     ------
     ConfigError
-        When only some of the files are given, or one is missing or not PEM.
+        When only some of the files are given, one is missing or not PEM, the certificate has
+        no key (neither in its file nor ``key``), or the key is not the certificate's.
     """
     if not (ca_file or cert or key):
         return None
@@ -69,6 +94,7 @@ def security_from_files(
     ca = _readable(ca_file, "TLS CA file")
     crt = _readable(cert, "TLS certificate")
     k = _readable(key, "TLS key") if key else None
+    _check_pair(crt, k, cert, key)
     return Security(tls_ca_file=ca, tls_client_cert=crt, tls_client_key=k, require_encryption=True)
 
 
@@ -99,9 +125,14 @@ def make_certificates(
     Notes
     -----
     Uses the ``cryptography`` package when installed, else the ``openssl`` command. The CA's
-    private key is not kept: make a new set to add hosts.
+    private key is not kept: make a new set to add hosts. Each file is written whole to a
+    temporary file in ``folder`` and then renamed over the old one, so a failure leaves the
+    old files as they were; the key's file is created with mode 0600 (also when it replaces an
+    existing, more open file).
     """
-    out = Path(folder)
+    out = Path(folder).resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {folder}: is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     hosts = list(hosts) or ["127.0.0.1"]
     try:
@@ -111,8 +142,29 @@ def make_certificates(
     return _make_certificates_cryptography(out, hosts, days)
 
 
-def _key_file(path: Path) -> int:
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _install(path: Path, data: bytes, mode: int) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file, then rename) with ``mode``."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _install_all(paths: dict[str, Path], contents: dict[str, bytes]) -> dict[str, Path]:
+    """Install the CA, the certificate and the key (mode 0600) once all are made."""
+    for kind in ("ca", "cert", "key"):
+        _install(paths[kind], contents[kind], 0o600 if kind == "key" else 0o644)
+    return paths
 
 
 def _make_certificates_openssl(out: Path, hosts: list[str], days: int) -> dict[str, Path]:
@@ -140,16 +192,16 @@ def _make_certificates_openssl(out: Path, hosts: list[str], days: int) -> dict[s
             f"subjectAltName={','.join(sans)}\nbasicConstraints=critical,CA:FALSE\n"
             "extendedKeyUsage=serverAuth,clientAuth\n"
         )
-        os.close(_key_file(paths["key"]))
         cmds = [
-            [openssl, "req", "-x509", *ec, "-keyout", str(t / "ca.key"), "-out", str(paths["ca"]),
+            [openssl, "req", "-x509", *ec, "-keyout", str(t / "ca.key"), "-out", str(t / "ca.pem"),
              "-days", str(days), "-subj", "/CN=image3-dask CA",
              "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
              "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"],
-            [openssl, "req", *ec, "-keyout", str(paths["key"]), "-out", str(t / "req.csr"),
+            [openssl, "req", *ec, "-keyout", str(t / "key.pem"), "-out", str(t / "req.csr"),
              "-subj", f"/CN={hosts[0]}"],
-            [openssl, "x509", "-req", "-in", str(t / "req.csr"), "-CA", str(paths["ca"]),
-             "-CAkey", str(t / "ca.key"), "-CAcreateserial", "-CAserial", str(t / "ca.srl"), "-out", str(paths["cert"]),
+            [openssl, "x509", "-req", "-in", str(t / "req.csr"), "-CA", str(t / "ca.pem"),
+             "-CAkey", str(t / "ca.key"), "-CAcreateserial", "-CAserial", str(t / "ca.srl"),
+             "-out", str(t / "cert.pem"),
              "-days", str(days), "-extfile", str(t / "ext.cnf")],
         ]  # fmt: skip
         for cmd in cmds:
@@ -157,8 +209,8 @@ def _make_certificates_openssl(out: Path, hosts: list[str], days: int) -> dict[s
             if r.returncode != 0:
                 last = (r.stderr.strip().splitlines() or ["failed"])[-1]
                 raise ConfigError(f"openssl {cmd[1]} failed: {last}")
-    os.chmod(paths["key"], 0o600)
-    return paths
+        contents = {kind: (t / f"{kind}.pem").read_bytes() for kind in ("ca", "cert", "key")}
+    return _install_all(paths, contents)
 
 
 def _make_certificates_cryptography(out: Path, hosts: list[str], days: int) -> dict[str, Path]:
@@ -223,10 +275,11 @@ def _make_certificates_cryptography(out: Path, hosts: list[str], days: int) -> d
     )
     pem = serialization.Encoding.PEM
     paths = {"ca": out / "ca.pem", "cert": out / "cert.pem", "key": out / "key.pem"}
-    paths["ca"].write_bytes(ca_cert.public_bytes(pem))
-    paths["cert"].write_bytes(cert.public_bytes(pem))
-    with os.fdopen(_key_file(paths["key"]), "wb") as fh:
-        fh.write(
-            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        )
-    return paths
+    contents = {
+        "ca": ca_cert.public_bytes(pem),
+        "cert": cert.public_bytes(pem),
+        "key": key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    }
+    return _install_all(paths, contents)
