@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from image3_dask.errors import InputError
+from image3_dask.errors import Image3Error, InputError
 from image3_dask.io.asn import (
     load_association,
     make_association,
@@ -251,3 +251,287 @@ def test_cli_refuses_with_one_line_and_writes_nothing(
     assert len(lines) == 1 and message in lines[0] and str(asn_path) in lines[0], res.stderr
     assert "Traceback" not in res.stderr and "dashboard" not in res.stderr.lower()
     assert _tree(tmp_path) == before
+
+
+# --- Items 7-9, 12, 15: refused early, in one line, with nothing written -----------------------
+
+
+@pytest.fixture(scope="module")
+def sim256(tmp_path_factory):
+    """``image3-dask simulate --shape 256 256``: a 4-exposure MIRI dither."""
+    from image3_dask.simulate import simulate
+
+    out = tmp_path_factory.mktemp("sim256")
+    return simulate(instrument="miri", n=4, out_dir=out, seed=0, pattern="dither", shape=(256, 256))
+
+
+def _copy_sim(sim, tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    shutil.copytree(sim.asn_path.parent, data)
+    return data / sim.asn_path.name
+
+
+def _one_line_refusal(res: subprocess.CompletedProcess, *needles: str) -> str:
+    """The single stderr line of a refused run (exit 2, no traceback, no cluster started)."""
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2, res.stderr
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr and "cluster" not in res.stderr.lower(), res.stderr
+    for needle in needles:
+        assert needle in lines[0], res.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "option,needle",
+    [
+        (["--memory-limit", "abc"], "--memory-limit abc"),
+        (["--memory-limit=-1GB"], "--memory-limit -1GB"),
+        (["--memory-limit", "1.5"], "--memory-limit 1.5"),  # Dask reads 1.5 as 1 byte
+        (["--steps.resample.pixel_scale=0"], "steps.resample.pixel_scale"),
+        (["--steps.resample.pixel_scale=nan"], "steps.resample.pixel_scale"),
+        (["--steps.resample.pixel_scale=-0.1"], "steps.resample.pixel_scale"),
+        (["--steps.resample.output_shape=0,0"], "steps.resample.output_shape"),
+        (["--steps.resample.output_shape=-5,10"], "steps.resample.output_shape"),
+        (["--steps.resample.pixel_scale_ratio=inf"], "steps.resample.pixel_scale_ratio"),
+        (["--steps.resample.crval=53.1,95"], "steps.resample.crval"),
+        (["--steps.resample.pixmap_order=2"], "steps.resample.pixmap_order"),
+        (["--steps.tweakreg.kernel_fwhm=0"], "steps.tweakreg.kernel_fwhm"),
+        (["--steps.tweakreg.searchrad=-1"], "steps.tweakreg.searchrad"),
+        (["--steps.skymatch.binwidth=0"], "steps.skymatch.binwidth"),
+        (["--steps.outlier_detection.maskpt=1.5"], "steps.outlier_detection.maskpt"),
+        (["--steps.outlier_detection.snr=5 -1"], "steps.outlier_detection.snr"),
+        (["--steps.outlier_detection.fillval=abc"], "steps.outlier_detection.fillval"),
+        (["--steps.source_catalog.npixels=0"], "steps.source_catalog.npixels"),
+        (["--steps.source_catalog.aperture_ee1=60"], "aperture_ee1"),  # must increase
+        (["--steps.source_catalog.contrast=2"], "steps.source_catalog.contrast"),
+    ],
+)
+def test_cli_refuses_bad_parameters_before_the_cluster(sim256, tmp_path, option, needle):
+    asn_path = _copy_sim(sim256, tmp_path)
+    before = _tree(tmp_path)
+    res = _cli("run", str(asn_path), "-o", str(tmp_path / "out"), *option, cwd=tmp_path)
+    _one_line_refusal(res, needle)
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("expname", [123, None, "", ["a_cal.fits"]])
+def test_cli_refuses_a_member_whose_expname_is_not_a_file_name(sim256, tmp_path, expname):
+    asn_path = _copy_sim(sim256, tmp_path)
+    raw = json.loads(asn_path.read_text())
+    raw["products"][0]["members"][1]["expname"] = expname
+    asn_path.write_text(json.dumps(raw))
+    before = _tree(tmp_path)
+    res = _cli("run", str(asn_path), "-o", str(tmp_path / "out"), cwd=tmp_path)
+    _one_line_refusal(res, str(asn_path), "member 1", repr(expname))
+    assert _tree(tmp_path) == before
+
+
+def test_every_range_names_a_numeric_parameter_and_the_defaults_pass():
+    from image3_dask.pipeline.config import STEP_PARAMS, PipelineConfig
+    from image3_dask.pipeline.step_specs import ORDERED, RANGES, TEXT_FORMATS
+
+    numeric = ("integer", "float", "int_list", "float_list")
+    for step, ranges in RANGES.items():
+        for name in ranges:
+            assert STEP_PARAMS[step][name].kind in numeric, (step, name)
+    for step, forms in TEXT_FORMATS.items():
+        for name in forms:
+            assert STEP_PARAMS[step][name].kind == "string", (step, name)
+    for step, rules in ORDERED.items():
+        for rule in rules:
+            for name in rule.split()[::2]:
+                assert name in STEP_PARAMS[step], (step, name)
+    config = PipelineConfig()
+    config.update(config.to_dict())  # every default is checked as a given value
+    config.check()
+
+
+def test_python_api_refuses_bad_parameters(small_dither, tmp_path, monkeypatch):
+    import image3_dask.pipeline.image3 as image3
+    from image3_dask.errors import ConfigError
+    from image3_dask.pipeline.config import PipelineConfig
+    from image3_dask.pipeline.image3 import Image3Pipeline
+
+    monkeypatch.setattr(image3, "connect", lambda *a, **k: pytest.fail("a cluster was started"))
+    with pytest.raises(ConfigError, match="steps.resample.pixel_scale"):
+        Image3Pipeline.call(
+            small_dither.asn_path, output_dir=tmp_path, steps={"resample": {"pixel_scale": 0}}
+        )
+    config = PipelineConfig()
+    config["source_catalog"]["aperture_ee3"] = 40  # set behind update()'s back
+    with pytest.raises(ConfigError, match="aperture_ee2 < aperture_ee3|aperture_ee3"):
+        Image3Pipeline(config).run(small_dither.asn_path, tmp_path, progress=False)
+    with pytest.raises(Image3Error, match="--memory-limit"):
+        Image3Pipeline().run(small_dither.asn_path, tmp_path, memory_limit="-3", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_refuses_a_too_large_grid_before_any_step(sim256, tmp_path):
+    asn_path = _copy_sim(sim256, tmp_path)
+    before = _tree(tmp_path)
+    res = _cli(
+        "run", str(asn_path), "-o", str(tmp_path / "out"),
+        "--steps.resample.max_output_pixels=1000", cwd=tmp_path,
+    )  # fmt: skip
+    line = _one_line_refusal(res, "steps.resample.max_output_pixels=1000")
+    assert "max_pixels=" not in line.replace("max_output_pixels=", "")
+    assert _tree(tmp_path) == before
+
+
+def test_early_grid_estimate_is_close_to_the_grid_and_the_late_check_names_the_parameter(
+    sim256,
+):
+    from image3_dask.algorithms.grid import GridTooLargeError
+    from image3_dask.graph.plan import output_grid
+    from image3_dask.io.exposures import read_exposures
+    from image3_dask.io.precheck import precheck_grid, precheck_members
+    from image3_dask.pipeline.config import PipelineConfig
+
+    members = list(sim256.cal_paths)
+    params = dict(PipelineConfig()["resample"])
+    estimate = precheck_grid(precheck_members(members), params)
+    grid = output_grid(read_exposures(members), params)
+    assert estimate is not None
+    assert abs(estimate[0] - grid.shape[0]) <= 3 and abs(estimate[1] - grid.shape[1]) <= 3
+    params["max_output_pixels"] = 1000
+    with pytest.raises(GridTooLargeError, match=r"steps\.resample\.max_output_pixels=1000"):
+        output_grid(read_exposures(members), params)  # the check after alignment
+
+
+def test_cli_refuses_an_output_folder_that_is_a_file(sim256, tmp_path):
+    asn_path = _copy_sim(sim256, tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
+    before = _tree(tmp_path)
+    for out in ("afile", "afile/sub"):
+        res = _cli("run", str(asn_path), "-o", out, cwd=tmp_path)
+        _one_line_refusal(res, "is not a directory", out)
+    assert _tree(tmp_path) == before and (tmp_path / "afile").read_text() == "not a folder"
+
+
+def _bad_member(asn_path: Path, kind: str) -> str:
+    """Make one member of the association duplicate, truncated or of another filter."""
+    from astropy.io import fits
+
+    raw = json.loads(asn_path.read_text())
+    members = raw["products"][0]["members"]
+    src = asn_path.parent / members[1]["expname"]
+    if kind == "duplicate":
+        members.append(dict(members[0]))
+        needle = "listed twice"
+    elif kind == "truncated":
+        bad = asn_path.parent / "cut_cal.fits"
+        bad.write_bytes(src.read_bytes()[:1_000_000])
+        members[1]["expname"] = bad.name
+        needle = "truncated"
+    else:
+        bad = asn_path.parent / "other_cal.fits"
+        shutil.copy(src, bad)
+        with fits.open(bad, mode="update") as hdul:
+            hdul[0].header["FILTER"] = "F1000W"
+        members[1]["expname"] = bad.name
+        needle = "filter is F1000W"
+    asn_path.write_text(json.dumps(raw))
+    return needle
+
+
+@pytest.mark.parametrize("kind", ["duplicate", "truncated", "mixed-filter"])
+def test_bad_members_are_refused_before_the_cluster_starts(sim256, tmp_path, monkeypatch, kind):
+    import image3_dask.pipeline.image3 as image3
+    from image3_dask.pipeline.image3 import Image3Pipeline
+
+    asn_path = _copy_sim(sim256, tmp_path)
+    needle = _bad_member(asn_path, kind)
+    monkeypatch.setattr(image3, "connect", lambda *a, **k: pytest.fail("a cluster was started"))
+    before = _tree(tmp_path)
+    with pytest.raises(InputError, match=needle):
+        Image3Pipeline().run(asn_path, tmp_path / "out", progress=False)
+    assert _tree(tmp_path) == before
+
+
+def test_cli_refuses_a_truncated_member_in_one_line(sim256, tmp_path):
+    asn_path = _copy_sim(sim256, tmp_path)
+    _bad_member(asn_path, "truncated")
+    res = _cli("run", str(asn_path), "-o", str(tmp_path / "out"), cwd=tmp_path)
+    _one_line_refusal(res, "cut_cal.fits", "truncated")
+    assert not (tmp_path / "out").exists()
+
+
+def _certs(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "image3_dask.cli", "certs", *args],
+        cwd=tmp_path,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_certs_relative_folder_replaces_an_open_key_with_a_0600_one(tmp_path):
+    (tmp_path / "rel").mkdir()
+    key = tmp_path / "rel" / "key.pem"
+    key.write_text("old key\n")
+    key.chmod(0o644)
+    res = _certs(tmp_path, "--out", "rel")
+    assert res.returncode == 0, res.stderr
+    assert key.read_bytes().startswith(b"-----BEGIN") and key.stat().st_mode & 0o777 == 0o600
+    for name in ("ca.pem", "cert.pem"):
+        assert (tmp_path / "rel" / name).read_bytes().startswith(b"-----BEGIN CERTIFICATE")
+    assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == ["ca.pem", "cert.pem", "key.pem"]
+
+
+def test_certs_failure_leaves_the_existing_key_untouched(tmp_path):
+    # no cryptography package and an openssl that fails: nothing may be truncated
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "openssl").write_text("#!/bin/sh\necho 'openssl: broken on purpose' >&2\nexit 1\n")
+    (fake / "openssl").chmod(0o755)
+    (tmp_path / "certs").mkdir()
+    key = tmp_path / "certs" / "key.pem"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nworking\n")
+    key.chmod(0o600)
+    env = {"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+    code = (
+        "import sys, builtins; real = builtins.__import__\n"
+        "def no_crypto(name, *a, **k):\n"
+        "    if name.startswith('cryptography'): raise ImportError(name)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = no_crypto\n"
+        "from image3_dask.cli import main; sys.exit(main(['certs', '--out', 'certs']))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, **env},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 2 and "openssl" in res.stderr and "Traceback" not in res.stderr
+    assert key.read_text() == "-----BEGIN PRIVATE KEY-----\nworking\n"
+    assert sorted(p.name for p in (tmp_path / "certs").iterdir()) == ["key.pem"]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_cert_without_its_key_names_the_missing_file(tmp_path):
+    assert _certs(tmp_path, "--out", "c").returncode == 0
+    other = tmp_path / "other"
+    assert _certs(tmp_path, "--out", str(other)).returncode == 0
+    tls = ["--tls-ca-file", "c/ca.pem", "--tls-cert", "c/cert.pem"]
+    res = _cli("status", "--scheduler", "tls://127.0.0.1:9", *tls, cwd=tmp_path)
+    line = _one_line_refusal(res, "--tls-cert c/cert.pem", "--tls-key")
+    assert "PEM lib" not in line
+    res = _cli(
+        "status", "--scheduler", "tls://127.0.0.1:9", *tls, "--tls-key", str(other / "key.pem"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    _one_line_refusal(res, "--tls-cert c/cert.pem", str(other / "key.pem"))
+
+
+def test_lock_files_are_0644_whatever_the_umask(tmp_path):
+    from image3_dask.pipeline.output_lock import OutputLock, lock_path
+
+    old = os.umask(0)
+    try:
+        with OutputLock(tmp_path, "prod"):
+            assert lock_path(tmp_path, "prod").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)

@@ -36,8 +36,10 @@ __all__ = [
     "GridTooLargeError",
     "OutputGrid",
     "compute_output_grid",
+    "check_grid_size",
     "far_exposures",
     "footprint_from_sregion",
+    "grid_shape_from_sregions",
     "grid_from_wcs",
     "pixel_scale_ratio_from_area",
     "sregion_footprint",
@@ -346,6 +348,88 @@ def _rotation_from_pc(pc: np.ndarray) -> float:
     return float(np.degrees(np.arctan2(pc[0, 1], pc[1, 1])))
 
 
+def check_grid_size(
+    shape: Sequence[int],
+    max_pixels: int | None,
+    footprints: Sequence[np.ndarray] | None,
+    names: Sequence[str],
+) -> None:
+    """Refuse an output grid of more than ``max_pixels`` (``steps.resample.max_output_pixels``).
+
+    Raises
+    ------
+    GridTooLargeError
+        Naming the parameter, the grid's size and the exposures whose footprint lies far from
+        the others (:func:`far_exposures`), the usual cause.
+    """
+    if max_pixels is None or shape[0] * shape[1] <= max_pixels:
+        return
+    far = far_exposures(footprints, names) if footprints is not None else []
+    if far:
+        who = ", ".join(f"{n} ({d:.3g} deg from the others)" for n, d in far)
+        hint = f" The footprint of {who} lies far from the rest: check its WCS."
+    else:
+        hint = (
+            " No single exposure stands out; raise steps.resample.max_output_pixels or choose "
+            "output_shape or a larger pixel_scale."
+        )
+    raise GridTooLargeError(
+        f"The output grid would be {shape[1]} x {shape[0]} = {shape[0] * shape[1]} pixels,"
+        f" more than steps.resample.max_output_pixels={max_pixels}.{hint}"
+    )
+
+
+def grid_shape_from_sregions(
+    sregions: Sequence[str],
+    ref_wcsinfo: dict[str, float],
+    pixel_scale_deg: float,
+    rotation: float | None = None,
+    crpix: Sequence[float] | None = None,
+    crval: Sequence[float] | None = None,
+) -> tuple[tuple[int, int], list[np.ndarray]]:
+    """The ``(ny, nx)`` of the output grid from ``S_REGION`` footprints alone (no gwcs).
+
+    As :func:`compute_output_grid` with an absolute pixel scale: stcal's
+    ``wcs_from_sregions`` with the orientation of ``ref_wcsinfo`` (``ra_ref``, ``dec_ref``,
+    ``roll_ref``, ``v3yangle``, ``vparity``). Used to check the grid's size before anything
+    runs.
+
+    Returns
+    -------
+    shape : tuple of int
+        ``(ny, nx)``.
+    footprints : list of numpy.ndarray
+        The first polygon of each ``S_REGION`` (for :func:`check_grid_size`'s message).
+
+    Raises
+    ------
+    ValueError
+        When an ``S_REGION`` cannot be read or the grid comes out smaller than 2 pixels.
+    """
+    from stcal.alignment.util import wcs_from_sregions
+
+    polygons = [footprint_from_sregion(s) for s in sregions]
+    if any(not p for p in polygons):
+        raise ValueError("an S_REGION holds no polygon")
+    frames = _tan_gwcs(
+        (0.0, 0.0),
+        (ref_wcsinfo["ra_ref"], ref_wcsinfo["dec_ref"]),
+        pixel_scale_deg,
+        np.eye(2),
+        (2, 2),
+    )  # only its frames are used: the pixel scale is given
+    wcs = wcs_from_sregions(
+        [fp for p in polygons for fp in p],
+        ref_wcs=frames,
+        ref_wcsinfo=ref_wcsinfo,
+        pscale=pixel_scale_deg,
+        rotation=rotation,
+        crpix=None if crpix is None else tuple(crpix),
+        crval=None if crval is None else tuple(crval),
+    )
+    return (int(wcs.array_shape[0]), int(wcs.array_shape[1])), [p[0] for p in polygons]
+
+
 def compute_output_grid(
     wcs_list: Sequence[gwcs.WCS],
     shapes: Sequence[Sequence[int]],
@@ -457,17 +541,7 @@ def compute_output_grid(
     )
     shape = (int(wcs.array_shape[0]), int(wcs.array_shape[1]))
 
-    if max_pixels is not None and shape[0] * shape[1] > max_pixels:
-        far = far_exposures(footprints[: len(names)], names)
-        if far:
-            who = ", ".join(f"{n} ({d:.3g} deg from the others)" for n, d in far)
-            hint = f" The footprint of {who} lies far from the rest: check its WCS."
-        else:
-            hint = " No single exposure stands out; raise max_pixels or choose output_shape."
-        raise GridTooLargeError(
-            f"The output grid would be {shape[1]} x {shape[0]} = {shape[0] * shape[1]} pixels,"
-            f" more than max_pixels={max_pixels}.{hint}"
-        )
+    check_grid_size(shape, max_pixels, footprints[: len(names)], names)
 
     tr = wcs.forward_transform
     pc = np.asarray(tr.pc, dtype=float)

@@ -6,6 +6,7 @@ Everything here is checked before a cluster starts or a file is written; a bad v
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import sys
@@ -63,22 +64,39 @@ def setup_logging(
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
-def tls_security(args):
+def tls_security(args: argparse.Namespace):
+    """The :class:`distributed.Security` of ``--tls-ca-file/--tls-cert/--tls-key`` (or None)."""
     from image3_dask.service.security import security_from_files
 
     return security_from_files(args.tls_ca_file, args.tls_cert, args.tls_key)
 
 
-def cluster_kwargs(args) -> dict:
+def cluster_kwargs(args: argparse.Namespace) -> dict:
+    """The :func:`~image3_dask.pipeline.cluster.connect` arguments of the cluster options.
+
+    Every option is checked here, before a cluster starts.
+
+    Raises
+    ------
+    ConfigError, ClusterError
+        For a bad ``--workers``, ``--jobs``, ``--timeout``, ``--memory-limit`` or
+        ``--dashboard-address``, options that do not go together, or TLS files that are
+        missing or do not match; the message names the option.
+    """
+    from image3_dask.pipeline.cluster import check_memory_limit
+
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: give at least 1")
     if args.jobs is not None and args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs}: give at least 1")
-    if args.timeout <= 0:
+    if not args.timeout > 0:
         raise ConfigError(f"--timeout {args.timeout}: give a positive number of seconds")
     remote = args.scheduler or args.scheduler_file
     if remote and args.cluster != "local":
         raise ConfigError("--cluster starts a cluster: do not combine it with --scheduler")
+    if not remote and args.cluster == "local":
+        check_memory_limit(args.memory_limit, args.workers)
+    check_address(args.dashboard_address, "--dashboard-address")
     if args.cluster == "slurm" and args.jobqueue_config is None:
         log.info("--cluster slurm without --jobqueue-config: using dask's jobqueue.slurm config")
     return {
@@ -93,6 +111,24 @@ def cluster_kwargs(args) -> dict:
         "jobqueue_config": args.jobqueue_config,
         "jobs": args.jobs,
     }
+
+
+def check_address(address: str | None, option: str) -> None:
+    """Refuse a ``HOST:PORT`` (or ``:PORT``) address whose port is not a port number.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``option`` and the address.
+    """
+    if address is None:
+        return
+    port = str(address).rpartition(":")[2]
+    if not (port.isdigit() and 0 <= int(port) <= 65535):
+        raise ConfigError(
+            f"{option} {address}: expected HOST:PORT with a port from 0 to 65535 "
+            "(e.g. 127.0.0.1:8787; port 0 picks a free one)"
+        )
 
 
 @contextlib.contextmanager

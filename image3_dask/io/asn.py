@@ -206,8 +206,8 @@ def load_association(path: str | os.PathLike) -> Association:
     Raises
     ------
     InputError
-        When the file is missing, is not JSON, is not an ``image3`` association, has no
-        science member, names its product or itself with something that is not a plain name
+        When the file is missing, is not JSON, is not an ``image3`` association, has a member
+        whose ``expname`` is not a file name (a number, null, empty), has no science member, names its product or itself with something that is not a plain name
         (:func:`check_name`), or has two members of the same exposure name in different
         folders.
     """
@@ -219,7 +219,11 @@ def load_association(path: str | os.PathLike) -> Association:
             raw = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a valid association JSON file ({exc})") from None
-    if not isinstance(raw, dict) or not raw.get("products"):
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("products"), list)
+        or not raw["products"]
+    ):
         raise InputError(f"{path}: association has no 'products' list")
     asn_type = raw.get("asn_type")
     if asn_type not in ("image3", None):
@@ -240,11 +244,23 @@ def load_association(path: str | os.PathLike) -> Association:
     for i, m in enumerate(product["members"]):
         if not isinstance(m, dict) or "expname" not in m:
             raise InputError(f"{path}: member {i} has no 'expname'")
-        exptype = str(m.get("exptype", "science")).lower()
+        expname = m["expname"]
+        if not isinstance(expname, str) or not expname.strip() or "\x00" in expname:
+            raise InputError(
+                f"{path}: member {i} has expname {expname!r}; expected the exposure's file "
+                "name (a non-empty string, e.g. 'jw01234001001_02101_00001_mirimage_cal.fits')"
+            )
+        exptype = m.get("exptype", "science")
+        if not isinstance(exptype, str):
+            raise InputError(
+                f"{path}: member {i} ({expname}) has exptype {exptype!r}; expected a string "
+                "such as 'science'"
+            )
+        exptype = exptype.lower()
         if exptype != "science":
-            log.warning("%s: ignoring %s member %s", path, exptype, m["expname"])
+            log.warning("%s: ignoring %s member %s", path, exptype, expname)
             continue
-        p = Path(m["expname"])
+        p = Path(expname)
         members.append(p if p.is_absolute() else base / p)
     if not members:
         raise InputError(f"{path}: association has no science member")

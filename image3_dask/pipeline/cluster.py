@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CLUSTER_KINDS",
     "ClusterError",
+    "check_memory_limit",
     "connect",
     "default_workers",
     "load_jobqueue_config",
@@ -34,6 +35,52 @@ class ClusterError(Image3Error):
 
 #: Module every local worker preloads (imports and schema warm-up at start).
 WORKER_PRELOAD = "image3_dask.pipeline.worker_setup"
+
+
+#: Smallest memory limit per local worker: a worker needs about this much to import its modules.
+MIN_WORKER_MEMORY = 256 * 2**20
+
+
+def check_memory_limit(memory_limit: str | int | float | None, n_workers: int | None = None):
+    """The bytes per local worker of ``--memory-limit`` (``None``: no limit), checked.
+
+    Accepted as Dask does: ``"auto"`` (the machine's memory shared by the workers), a size
+    (``"4GB"``, ``"512MiB"``, a number of bytes), a fraction of the machine's memory
+    (``0.5``), or ``0`` for no limit.
+
+    Raises
+    ------
+    ClusterError
+        When the value is not understood, is negative, or leaves a worker less than
+        :data:`MIN_WORKER_MEMORY`; the message names ``--memory-limit``.
+    """
+    from distributed.worker_memory import parse_memory_limit
+
+    value = "auto" if memory_limit is None else memory_limit
+    text = str(value).strip()
+    hint = "give e.g. 4GB, 512MiB, a fraction of the machine's memory such as 0.5, auto, or 0"
+    try:
+        number = float(text)
+    except ValueError:
+        number = None
+    if number is not None and number != number:
+        raise ClusterError(f"--memory-limit {text}: not a number; {hint}")
+    if text.startswith("-"):
+        raise ClusterError(f"--memory-limit {text}: a memory limit cannot be negative; {hint}")
+    quiet = logging.getLogger("image3_dask.memory_limit")
+    quiet.disabled = True  # dask's "Ignoring provided memory limit" is logged when it starts
+    try:
+        limit = parse_memory_limit(
+            value, 1, total_cores=n_workers or default_workers(), logger=quiet
+        )
+    except (ValueError, TypeError) as exc:
+        raise ClusterError(f"--memory-limit {text}: not understood ({exc}); {hint}") from None
+    if limit is not None and limit < MIN_WORKER_MEMORY:
+        raise ClusterError(
+            f"--memory-limit {text}: {limit} bytes per worker is too little (at least "
+            f"{MIN_WORKER_MEMORY // 2**20} MiB); {hint}"
+        )
+    return limit
 
 
 def default_workers() -> int:

@@ -8,6 +8,7 @@ Parameters come from three places, applied in this order: the defaults of
 from __future__ import annotations
 
 import ast
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -17,9 +18,25 @@ from typing import Any
 import tomli_w
 
 from image3_dask.errors import ConfigError
-from image3_dask.pipeline.step_specs import COMMON_SPEC, EXTRA_SPECS, OFFICIAL_SPECS, STEP_ORDER
+from image3_dask.pipeline.step_specs import (
+    COMMON_SPEC,
+    EXTRA_SPECS,
+    OFFICIAL_SPECS,
+    ORDERED,
+    RANGES,
+    STEP_ORDER,
+    TEXT_FORMATS,
+)
 
-__all__ = ["Param", "StepConfig", "PipelineConfig", "parse_bool", "parse_spec", "STEP_PARAMS"]
+__all__ = [
+    "Interval",
+    "Param",
+    "PipelineConfig",
+    "STEP_PARAMS",
+    "StepConfig",
+    "parse_bool",
+    "parse_spec",
+]
 
 _LINE = re.compile(r"^\s*(\w+)\s*=\s*(\w+)\((.*)\)\s*(?:#\s*(.*))?$")
 
@@ -43,6 +60,77 @@ def parse_bool(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class Interval:
+    """Allowed values of a number, from interval notation: ``"(0, inf)"``, ``"[0, 1]"``,
+    ``"{1, 3}"`` (:data:`image3_dask.pipeline.step_specs.RANGES`)."""
+
+    text: str
+
+    def __post_init__(self):
+        t = self.text.strip()
+        if not (t[0] in "([{" and t[-1] in ")]}" and (t[0] == "{") == (t[-1] == "}")):
+            raise ValueError(f"not an interval: {self.text!r}")
+
+    def _bounds(self) -> tuple[float, float]:
+        lo, hi = (float(v) for v in self.text.strip()[1:-1].split(","))
+        return lo, hi
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` is allowed."""
+        t = self.text.strip()
+        if t[0] == "{":
+            return value in {float(v) for v in t[1:-1].split(",")}
+        lo, hi = self._bounds()
+        above = value > lo if t[0] == "(" else value >= lo
+        below = value < hi if t[-1] == ")" else value <= hi
+        return above and below
+
+    def describe(self) -> str:
+        """The allowed values in words (``"greater than 0"``, ``"from 0 to 1"``...)."""
+        t = self.text.strip()
+        if t[0] == "{":
+            return "one of " + ", ".join(v.strip() for v in t[1:-1].split(","))
+        lo, hi = self._bounds()
+        low = f"{'greater than' if t[0] == '(' else 'at least'} {lo:g}"
+        high = f"{'less than' if t[-1] == ')' else 'at most'} {hi:g}"
+        if math.isinf(hi):
+            return low
+        if math.isinf(lo):
+            return high
+        if t[0] == "[" and t[-1] == "]":
+            return f"from {lo:g} to {hi:g}"
+        return f"{low} and {high}"
+
+
+def _check_text_format(value: str, form: str, where: str) -> None:
+    """Check a parameter given as text against its form in ``TEXT_FORMATS``."""
+    if form == "fill value":
+        if value.strip().upper() in ("NAN", "INDEF"):
+            return
+        try:
+            if not math.isfinite(float(value)):
+                raise ValueError
+        except ValueError:
+            raise ConfigError(
+                f"{where}: {value!r} is not a fill value; give a number, NAN or INDEF"
+            ) from None
+        return
+    kind, n, interval = form.split(" ", 2)
+    conv = float if kind == "numbers" else int
+    items = [v for v in re.split(r"[,\s]+", value.strip()) if v]
+    allowed = Interval(interval)
+    try:
+        numbers = [conv(v) for v in items]
+    except ValueError:
+        numbers = []
+    if len(numbers) != int(n) or not all(math.isfinite(x) and allowed.contains(x) for x in numbers):
+        what = "numbers" if kind == "numbers" else "integers"
+        raise ConfigError(
+            f"{where}: {value!r} is not {n} {what} {allowed.describe()}, separated by a space"
+        )
+
+
+@dataclass(frozen=True)
 class Param:
     """One step parameter: its name, configobj type, default, allowed options and help."""
 
@@ -53,14 +141,21 @@ class Param:
     options: tuple = ()
     vmin: float | None = None
     vmax: float | None = None
+    allowed: Interval | tuple[Interval, ...] | None = None
+    text_format: str | None = None
 
     def coerce(self, value: Any, where: str) -> Any:
         """Convert ``value`` (a string from the command line or a TOML value) to this type.
 
+        Besides the type, checks the value against the specification's ``min``/``max`` and
+        options, its range (``allowed``, from ``RANGES``; floats must be finite) and, for
+        numbers given as text, its form (``text_format``, from ``TEXT_FORMATS``).
+
         Raises
         ------
         ConfigError
-            When the value cannot be converted or is not allowed.
+            When the value cannot be converted or is not allowed; the message names ``where``
+            (``--steps.resample.pixel_scale``), the value and what is allowed.
         """
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
             return None
@@ -83,7 +178,30 @@ class Param:
                 raise ConfigError(
                     f"{where}: expected {int(self.vmin)} to {int(self.vmax)} values, got {n}"
                 )
+        if out is not None:
+            self._check_allowed(out, where)
         return out
+
+    def _check_allowed(self, out: Any, where: str) -> None:
+        if self.text_format is not None and isinstance(out, str):
+            _check_text_format(out, self.text_format, where)
+        if self.kind not in ("integer", "float", "int_list", "float_list"):
+            return
+        values = out if self.kind.endswith("_list") else [out]
+        if isinstance(self.allowed, tuple):
+            intervals = list(self.allowed)
+        else:
+            intervals = [self.allowed] * len(values)
+        for i, (v, interval) in enumerate(zip(values, intervals, strict=False)):
+            what = (
+                f"{out!r}"
+                if len(values) == 1 and not self.kind.endswith("_list")
+                else (f"{out!r} (value {i + 1}: {v!r})")
+            )
+            if not math.isfinite(v):
+                raise ConfigError(f"{where}: {what} is not a finite number")
+            if interval is not None and not interval.contains(v):
+                raise ConfigError(f"{where}: {what} must be {interval.describe()}")
 
     def _convert(self, value: Any) -> Any:
         kind = self.kind
@@ -144,12 +262,28 @@ def parse_spec(spec: str) -> dict[str, Param]:
     return params
 
 
+def _with_ranges(step: str, params: dict[str, Param]) -> dict[str, Param]:
+    """``params`` with their allowed ranges and text forms (``RANGES``, ``TEXT_FORMATS``)."""
+    from dataclasses import replace
+
+    out = dict(params)
+    for name, spec in RANGES.get(step, {}).items():
+        allowed = tuple(Interval(s) for s in spec) if isinstance(spec, tuple) else Interval(spec)
+        out[name] = replace(out[name], allowed=allowed)
+    for name, form in TEXT_FORMATS.get(step, {}).items():
+        out[name] = replace(out[name], text_format=form)
+    return out
+
+
 STEP_PARAMS: dict[str, dict[str, Param]] = {
-    step: {
-        **parse_spec(COMMON_SPEC),
-        **parse_spec(OFFICIAL_SPECS[step]),
-        **parse_spec(EXTRA_SPECS[step]),
-    }
+    step: _with_ranges(
+        step,
+        {
+            **parse_spec(COMMON_SPEC),
+            **parse_spec(OFFICIAL_SPECS[step]),
+            **parse_spec(EXTRA_SPECS[step]),
+        },
+    )
     for step in STEP_ORDER
 }
 
@@ -226,6 +360,33 @@ class PipelineConfig:
                 self.update({step: free}, source=source)
                 applied[step] = {k: self.steps[step][k] for k in free}
         return applied
+
+    def check(self) -> None:
+        """Check what each value alone cannot show: parameters that must increase together.
+
+        :meth:`update` checks every value as it is set; call this once all are set (before a
+        cluster starts).
+
+        Raises
+        ------
+        ConfigError
+            When, e.g., ``sharplo`` is above ``sharphi`` or the encircled energies
+            ``aperture_ee1..3`` do not increase (``ORDERED``); the message names the step and
+            the parameters with their values.
+        """
+        for step, rules in ORDERED.items():
+            values = self.steps[step]
+            for rule in rules:
+                names = rule.split()[::2]
+                ops = rule.split()[1::2]
+                for a, op, b in zip(names, ops, names[1:], strict=False):
+                    va, vb = values[a], values[b]
+                    if va is None or vb is None:
+                        continue
+                    if (op == "<" and not va < vb) or (op == "<=" and not va <= vb):
+                        raise ConfigError(
+                            f"steps.{step}: {a}={va!r} and {b}={vb!r}, but {rule} is required"
+                        )
 
     def apply_overrides(self, overrides: list[str]) -> None:
         """Apply ``steps.<step>.<name>=<value>`` strings (the leading dashes are optional)."""

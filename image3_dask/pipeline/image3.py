@@ -17,8 +17,9 @@ from image3_dask.graph.handoff import StepData
 from image3_dask.graph.tasks import TaskLedger, TaskSpec
 from image3_dask.io.asn import resolve_inputs
 from image3_dask.io.crds_refs import resolve_references
-from image3_dask.io.exposures import precheck_files, read_exposures, try_read_exposure_info
-from image3_dask.pipeline.cluster import connect
+from image3_dask.io.exposures import read_exposures, try_read_exposure_info
+from image3_dask.io.precheck import check_output_dir, precheck_grid, precheck_members
+from image3_dask.pipeline.cluster import check_memory_limit, connect
 from image3_dask.pipeline.config import PipelineConfig
 from image3_dask.pipeline.context import RunContext, exposure_product_name
 from image3_dask.pipeline.output_lock import OutputLock, OutputLockedError
@@ -174,15 +175,21 @@ class Image3Pipeline:
         dict
             Product kind (``i2d``, ``cat``, ``segm``, ``crf``, ...) -> path(s), plus ``timings``.
         """
+        # Everything that needs no cluster is checked before one starts; nothing is written.
+        self.config.check()
         asn = resolve_inputs(inputs, product_name)
         for step in STEP_ORDER:
             if not self.config[step].skip:
                 _step_module(step)  # fail before any work when a step is unavailable
-        precheck_files(asn.members)  # missing or non-FITS members fail before a cluster starts
+        output_dir = check_output_dir(output_dir)
+        members = precheck_members(asn.members)  # missing, twice, truncated, mixed filters...
+        if not (self.config["resample"].skip and self.config["outlier_detection"].skip):
+            precheck_grid(members, dict(self.config["resample"]))  # max_output_pixels
+        if client is None and scheduler is None:
+            check_memory_limit(memory_limit, n_workers)
         # CRDS step parameters (under the user's) and reference files: once, on the client
         config = copy.deepcopy(self.config)
         references = resolve_references(asn.members, config, disable_steppars=disable_crds_steppars)
-        output_dir = Path(output_dir).resolve()
         timings: dict[str, float] = {}
         with connect(
             scheduler, n_workers, memory_limit, dashboard_address, security, client=client
@@ -394,9 +401,11 @@ def check_runnable(config: PipelineConfig) -> None:
     Raises
     ------
     ConfigError
-        When every step is skipped, or resample is asked not to write the mosaic (it is the
-        product every later use reads; image3-dask never holds it in memory).
+        When every step is skipped, resample is asked not to write the mosaic (it is the
+        product every later use reads; image3-dask never holds it in memory), or parameters
+        that must increase together do not (:meth:`PipelineConfig.check`).
     """
+    config.check()
     if all(config[step].skip for step in STEP_ORDER):
         raise ConfigError(
             "every step is skipped (" + ", ".join(STEP_ORDER) + "): there is nothing to run"

@@ -159,6 +159,7 @@ COMMON_SPEC = """
 EXTRA_SPECS: dict[str, str] = {
     "tweakreg": """
         align_mode = option('auto', 'global', 'official', default='auto')  # [image3-dask] 'official' aligns every group to one reference group as jwst does; 'global' solves all groups together from every overlapping pair; 'auto' uses global when the groups do not all overlap one another
+        abs_refcat_url = string(default='')  # [image3-dask] catalog service queried for abs_refcat = GAIADR3, GAIADR2, GAIADR1 or GAIAREFCAT (default: the ASTROMETRIC_CATALOG_URL environment variable, else https://gsss.stsci.edu/webservices)
 """,
     "skymatch": "",
     "outlier_detection": """
@@ -183,3 +184,98 @@ STEP_ORDER: tuple[str, ...] = (
     "resample",
     "source_catalog",
 )
+
+# Allowed values of numeric parameters, where the specifications above do not state them: the
+# ranges jwst documents or checks (jwst.source_catalog checks 0 < aperture_ee < 100), or that the
+# algorithm needs (a scale of 0 or a negative FWHM has no meaning). Interval notation: "(0, inf)"
+# is > 0, "[0, 1]" is 0 to 1 inclusive, "{1, 3}" one of the values; a list parameter's every
+# value must be in it, or its values each in their own interval (a tuple). Every float parameter
+# must also be finite (no nan or inf).
+_FINDER_RANGES = {
+    "snr_threshold": "(0, inf)",
+    "kernel_fwhm": "(0, inf)",
+    "bkg_boxsize": "[1, inf)",
+    "minsep_fwhm": "[0, inf)",
+    "sigma_radius": "(0, inf)",
+    "brightest": "[1, inf)",
+    "npixels": "[1, inf)",
+    "nlevels": "[1, inf)",
+    "contrast": "[0, 1]",
+    "localbkg_width": "[0, inf)",
+    "kron_params": "(0, inf)",
+}
+_PIXMAP_RANGES = {"pixmap_stepsize": "[1, inf)", "pixmap_order": "{1, 3}"}
+
+RANGES: dict[str, dict[str, str]] = {
+    "tweakreg": {
+        **_FINDER_RANGES,
+        "minobj": "[1, inf)",
+        "sigma": "(0, inf)",
+        "searchrad": "(0, inf)",
+        "separation": "[0, inf)",
+        "tolerance": "(0, inf)",
+        "abs_minobj": "[1, inf)",
+        "abs_sigma": "(0, inf)",
+        "abs_searchrad": "(0, inf)",
+        "abs_separation": "[0, inf)",
+        "abs_tolerance": "(0, inf)",
+        "sip_max_pix_error": "(0, inf)",
+        "sip_degree": "[1, 6]",
+        "sip_max_inv_pix_error": "(0, inf)",
+        "sip_inv_degree": "[1, 6]",
+        "sip_npoints": "[1, inf)",
+    },
+    "skymatch": {
+        "stepsize": "[1, inf)",
+        "lsigma": "(0, inf)",
+        "usigma": "(0, inf)",
+        "binwidth": "(0, inf)",
+    },
+    "outlier_detection": {
+        **_PIXMAP_RANGES,
+        "maskpt": "[0, 1]",
+        "threshold_percent": "[0, 100]",
+    },
+    "resample": {
+        **_PIXMAP_RANGES,
+        "pixel_scale_ratio": "(0, inf)",
+        "pixel_scale": "(0, inf)",
+        "output_shape": "[2, inf)",
+        "crval": ("[-360, 360]", "[-90, 90]"),
+        "tile_shape": "[1, inf)",
+        "max_output_pixels": "[1, inf)",
+    },
+    "source_catalog": {
+        **_FINDER_RANGES,
+        "aperture_ee1": "(0, 100)",
+        "aperture_ee2": "(0, 100)",
+        "aperture_ee3": "(0, 100)",
+        "ci1_star_threshold": "(0, inf)",
+        "ci2_star_threshold": "(0, inf)",
+    },
+}
+
+# Parameters given as text that hold numbers (jwst's spellings): the form their text must have.
+# "numbers N (0, inf)": N numbers in that range, "integers N [1, inf)" N integers in it;
+# "fill value": a number, NAN or INDEF.
+TEXT_FORMATS: dict[str, dict[str, str]] = {
+    "outlier_detection": {
+        "snr": "numbers 2 (0, inf)",
+        "scale": "numbers 2 (0, inf)",
+        "kernel_size": "integers 2 [1, inf)",
+        "fillval": "fill value",
+    },
+    "resample": {"fillval": "fill value"},
+}
+
+# Parameters that must increase in the order given, when set ("<": strictly); jwst's
+# source_catalog requires strictly increasing encircled energies.
+ORDERED: dict[str, tuple[str, ...]] = {
+    "tweakreg": ("sharplo <= sharphi", "roundlo <= roundhi"),
+    "skymatch": ("lower < upper",),
+    "source_catalog": (
+        "sharplo <= sharphi",
+        "roundlo <= roundhi",
+        "aperture_ee1 < aperture_ee2 < aperture_ee3",
+    ),
+}
