@@ -10,7 +10,9 @@
 2. ``tweakreg-align <product>`` (one small task): relative alignment of the exposure groups
    (``align_mode``: ``official`` = jwst's reference-group mode, ``global`` = all groups together
    from every overlapping pair, ``auto`` = global when the groups do not all overlap one
-   another), then absolute alignment to ``abs_refcat`` when it names a catalog file.
+   another), then absolute alignment to ``abs_refcat``: a catalog file, or a Gaia release
+   (``GAIADR3``...) the client fetched once from the catalog service (:mod:`image3_dask.io.gaia`)
+   and saved as ``fit_<name>_ref.ecsv`` next to the products.
 3. On the client: each exposure whose fit succeeded gets its corrected gwcs and the
    ``s_region`` jwst recomputes after tweakreg (``update_s_region_imaging``: footprint of the
    bounding box with ``center=False``); the fit of every exposure is recorded in
@@ -18,7 +20,7 @@
 
 Exposures that could not be aligned (too few sources or matches, no overlap) keep their WCS
 with a warning; with fewer than two groups and no ``abs_refcat`` the step is skipped, as jwst
-does. ``abs_refcat`` naming a Gaia catalog is refused (it needs the network).
+does.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import numpy as np
 from astropy.table import Table
 
 from image3_dask.algorithms.align import wcs_bounding_box
-from image3_dask.errors import ConfigError
 from image3_dask.graph.handoff import StepData
 from image3_dask.graph.tasks import TaskSpec
 from image3_dask.io.catalog_files import (
@@ -413,17 +414,47 @@ def custom_catalogs(ctx, cfg: dict, exposures: list[ExposureInfo]) -> dict[int, 
     return out
 
 
-def _refcat(cfg: dict) -> Table | None:
+def _refcat(ctx, cfg: dict, exposures: list[ExposureInfo]) -> Table | None:
+    """The absolute reference catalog: a file, or a Gaia release fetched once by the client.
+
+    For ``GAIADR3``, ``GAIADR2``, ``GAIADR1`` and ``GAIAREFCAT`` the client queries the catalog
+    service (:func:`image3_dask.io.gaia.fetch_gaia_catalog`) for the exposures' footprints plus
+    ``abs_searchrad``, at the epoch of the first exposure's ``DATE-OBS`` (jwst's
+    ``meta.observation.date`` of the first image), and writes it to
+    ``<output_dir>/fit_<name>_ref.ecsv``.
+    """
     value = (cfg.get("abs_refcat") or "").strip()
     if not value or value.lower() == "none":
         return None
     if value.upper() in GAIA_CATALOGS:
-        raise ConfigError(
-            f"tweakreg.abs_refcat={value}: aligning to a Gaia catalog needs the network "
-            "(the official step queries the STScI catalog service), which image3-dask does not "
-            "use; pass the path of a catalog file (ECSV or FITS table with RA/Dec columns) instead"
+        from image3_dask.io.gaia import fetch_gaia_catalog
+
+        first = exposures[0].source_path or exposures[0].path
+        out = ctx.output_dir / f"fit_{value.lower()}_ref.ecsv"
+        ctx.output_dir.mkdir(parents=True, exist_ok=True)
+        refcat = fetch_gaia_catalog(
+            value,
+            [np.asarray(e.wcs.footprint(), dtype=float) for e in exposures],
+            _epoch(first),
+            url=cfg.get("abs_refcat_url"),
+            margin_arcsec=float(cfg.get("abs_searchrad") or 0.0),
+            out_path=out,
         )
+        ctx.products["abs_refcat"] = out
+        return refcat
     return read_refcat(value)
+
+
+def _epoch(path: Path) -> float | None:
+    """Decimal year of an exposure's ``DATE-OBS`` (``meta.observation.date``), or None."""
+    from astropy.io import fits
+    from astropy.time import Time
+
+    date = fits.getheader(path, 0).get("DATE-OBS")
+    if not date:
+        log.warning("%s: no DATE-OBS; the Gaia positions are not moved to the epoch", path)
+        return None
+    return float(Time(str(date)).decimalyear)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -492,7 +523,7 @@ def submit(ctx, data: StepData) -> StepData:
 
 def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
     cfg = dict(ctx.config["tweakreg"])
-    refcat = _refcat(cfg)  # fail on a bad abs_refcat before any work
+    refcat = _refcat(ctx, cfg, exposures)  # fail on a bad abs_refcat before any work
     group_ids = [e.group_id for e in exposures]
     n_groups = len(set(group_ids))
     base_report = {
@@ -537,7 +568,7 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
         return skipped("At least two exposure groups are required for relative alignment.")
     catalogs = ctx.submit(tasks)
     # sent to the cluster once, read by the mode and the alignment tasks
-    wcses = ctx.client.scatter([e.wcs for e in exposures], hash=False)
+    wcses = ctx.wcs_futures([e.wcs for e in exposures])
     mode = cfg["align_mode"]
     if mode == "auto" and n_groups > 1:  # decided beside the catalog tasks
         (mode,) = ctx.submit(
@@ -562,7 +593,7 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
     if result.get("corrections"):
         # the corrections are inserted into the WCSs one exposure per task
         todo = sorted(result["corrections"])
-        fixed = ctx.run_now(
+        futures = ctx.submit(
             [
                 TaskSpec(
                     "tweakreg-correct",
@@ -571,14 +602,17 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
                     (wcses[i], exposures[i].wcsinfo, align, i, exposures[i].shape),
                 )
                 for i in todo
-            ],
-            "tweakreg: corrected WCS",
+            ]
         )
+        fixed = ctx.wait(futures, "tweakreg: corrected WCS")
         result["wcs"] = list(result["wcs"])
         s_regions = {}
-        for i, (w, region) in zip(todo, fixed, strict=True):
+        for i, (w, region), f in zip(todo, fixed, futures, strict=True):
             result["wcs"][i] = w
             s_regions[i] = region
+            # the later steps' tasks read the corrected WCS from the task that made it
+            ctx.remember_wcs(w, ctx.client.submit(operator.itemgetter(0), f, pure=False))
+        ctx.tasks.forget(futures)
     else:
         s_regions = {}
     catalogs = ctx.tasks.results(catalogs)
