@@ -264,3 +264,19 @@ def test_jwst_source_catalog_on_the_same_cache(catalog_runs, monkeypatch):
     ref = SourceCatalogStep.call(str(catalog_runs["crds"]["i2d"]), save_results=False)
     ours = QTable.read(catalog_runs["crds"]["cat"])
     compare_catalogs(ours, ref, exact=True)
+
+
+def test_config_show_merged_values_and_origins(field, cache, capsys):
+    from image3_dask.cli import main
+
+    assert main(["config", "--show", str(field.asn_path), "--steps.source_catalog.npixels=9"]) == 0
+    lines = {ln.split(" = ")[0]: ln for ln in capsys.readouterr().out.splitlines()}
+    assert lines["steps.source_catalog.snr_threshold"].endswith(
+        "# crds:jwst_miri_pars-sourcecatalogstep_0001.asdf"
+    )
+    assert "= 5.0" in lines["steps.source_catalog.snr_threshold"]
+    assert lines["steps.source_catalog.npixels"].split("#")[1].strip() == "--steps"
+    assert lines["steps.source_catalog.bkg_boxsize"].endswith("# default")
+    assert main(["config", "--show", str(field.asn_path), "--disable-crds-steppars"]) == 0
+    out = capsys.readouterr().out
+    assert "crds:" not in out and "steps.tweakreg.abs_minobj = 15" in out

@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--product-name", help="product name when inputs are files rather than an association"
     )
     p.add_argument("--keep-work", action="store_true", help="keep the intermediate work folder")
+    p.add_argument(
+        "--disable-crds-steppars",
+        action="store_true",
+        help="do not apply CRDS pars-* step parameters (as strun; also STPIPE_DISABLE_CRDS_STEPPARS=true)",
+    )
     _add_page_args(p)
     _add_cluster_args(p)
 
@@ -135,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--disable-crds-steppars",
         action="store_true",
-        help="accepted; image3-dask never reads parameters from CRDS",
+        help="do not apply CRDS pars-* step parameters (as strun; also STPIPE_DISABLE_CRDS_STEPPARS=true)",
     )
     g.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     g.add_argument("--log-file", help="also write the messages to this file")
@@ -197,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", default="image3.toml", help="file name, .toml or .asdf (default: image3.toml)"
     )
     p.add_argument("--from", dest="source", metavar="FILE", help="start from this parameter file")
+    p.add_argument(
+        "--show",
+        metavar="INPUT",
+        nargs="?",
+        const="",
+        help="print every parameter's merged value and where it came from (default, file, "
+        "--steps, crds:<file>) instead of writing a file; with an association or exposure, "
+        "the CRDS step parameters for its data are included",
+    )
+    p.add_argument(
+        "--disable-crds-steppars",
+        action="store_true",
+        help="with --show INPUT: leave out the CRDS pars-* step parameters",
+    )
 
     p = sub.add_parser(
         "demo", help="simulate a 4-point MIRI dither, run the pipeline, show the results"

@@ -53,6 +53,7 @@ def _execute(pipeline, args) -> dict:
         keep_work=args.keep_work,
         progress=not args.quiet,
         mosaic_page=None if args.no_mosaic_page else args.mosaic_page_port,
+        disable_crds_steppars=getattr(args, "disable_crds_steppars", False) or None,
     )
     cluster = cluster_kwargs(args)
     remote = cluster["scheduler"] or cluster["scheduler_file"] or cluster["cluster"] != "local"

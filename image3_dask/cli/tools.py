@@ -41,6 +41,19 @@ def cmd_asn(args) -> int:
     return 0
 
 
+def _show_config(config, args) -> int:
+    """``config --show [INPUT]``: merged values and their origins (CRDS's for INPUT's data)."""
+    from image3_dask.io.crds_refs import describe_parameters, resolve_references
+
+    if args.show:
+        from image3_dask.io.asn import resolve_inputs
+
+        asn = resolve_inputs(args.show, None)
+        resolve_references(asn.members, config, disable_steppars=args.disable_crds_steppars)
+    print(describe_parameters(config))
+    return 0
+
+
 def cmd_config(args) -> int:
     from image3_dask.pipeline.config import PipelineConfig
     from image3_dask.pipeline.jwst_params import PipelineOptions, load_parameter_file, write_asdf
@@ -50,6 +63,8 @@ def cmd_config(args) -> int:
         steps, options = load_parameter_file(args.source)
         config.update(steps, source=args.source)
     config.apply_overrides(args.step_overrides)
+    if args.show is not None:
+        return _show_config(config, args)
     out = output_path(args, "image3.toml")
     if out.suffix.lower() == ".asdf":
         path = write_asdf(config, out, options)

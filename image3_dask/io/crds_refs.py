@@ -51,6 +51,7 @@ __all__ = [
     "References",
     "apply_step_pars",
     "crds_configured",
+    "describe_parameters",
     "dataset_parameters",
     "fetch_step_pars",
     "is_simulated",
@@ -571,3 +572,29 @@ def resolve_references(
         if refs.context:
             log.info("CRDS context: %s", refs.context)
     return refs
+
+
+def describe_parameters(config, steps: Sequence[str] | None = None) -> str:
+    """Every parameter's merged value and where it came from, one line each.
+
+    Parameters
+    ----------
+    config : PipelineConfig
+        Parameters with their ``origins``.
+    steps : sequence of str, optional
+        Steps to show (default: all).
+
+    Returns
+    -------
+    str
+        ``steps.<step>.<name> = <value>    # <origin>`` lines (``default``, the parameter
+        file, ``--steps``, ``crds:<file>``).
+    """
+    from image3_dask.pipeline.step_specs import STEP_ORDER
+
+    lines = []
+    for step in steps or STEP_ORDER:
+        for name, value in config[step].items():
+            text = f"steps.{step}.{name} = {value!r}"
+            lines.append(f"{text:<60} # {config.origins[step].get(name, 'default')}")
+    return "\n".join(lines)
