@@ -535,3 +535,78 @@ def test_lock_files_are_0644_whatever_the_umask(tmp_path):
             assert lock_path(tmp_path, "prod").stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(old)
+
+
+# --- Item 10: Ctrl-C to the process group ---------------------------------------------------
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Child processes of ``pid``: pid -> command line."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                out[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+@pytest.mark.parametrize("when", ["scheduler starting", "workers starting", "steps running"])
+def test_ctrl_c_to_the_process_group_is_quiet(sim256, tmp_path, when):
+    import signal
+    import threading
+    import time
+
+    asn_path = _copy_sim(sim256, tmp_path)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "image3_dask.cli", "run", str(asn_path), "-o", str(out),
+         "--workers", "2", "--no-mosaic-page"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group, as a shell job
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    workers: dict[int, str] = {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers.update({p: c for p, c in _children(proc.pid).items() if "dask_worker" in c})
+        if when == "scheduler starting" and any("Starting a local Dask" in ln for ln in lines):
+            break
+        if when == "workers starting" and workers:
+            break
+        if when == "steps running" and any("Step outlier_detection running" in ln for ln in lines):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+    t0 = time.monotonic()
+    assert proc.wait(timeout=60) == 130
+    # worker programs inherit the run's stderr: EOF comes when none is left (an orphaned
+    # worker would print its "Nanny failed to start" traceback some 30 s later)
+    reader.join(timeout=120)
+    eof_after = time.monotonic() - t0
+    text = "".join(lines)
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert [ln for ln in lines if ln.strip()][-1].strip() == "image3-dask: interrupted", text
+    assert eof_after < 20, f"a process held the run's stderr for {eof_after:.0f} s"
+    assert not [p for p in workers if _alive(p)], "worker programs outlived the run"
+    assert not list(out.glob(".*.lock")) if out.exists() else True

@@ -9,16 +9,25 @@ thread, the memory limit and the :mod:`image3_dask.pipeline.worker_setup` preloa
 sees the caller's ``__main__``; scripts, ``python -c``, notebooks and programs already using
 :mod:`multiprocessing` all work. The scheduler and its dashboard run in this process, as with
 ``LocalCluster``.
+
+Each worker program runs in its own session, so Ctrl-C in the terminal (SIGINT to the
+foreground process group) reaches only the caller, which stops the workers itself: SIGTERM to
+each worker's nanny, SIGKILL to the worker's process group when it does not exit in time. That
+also holds when the interrupt comes while the cluster is still starting (the workers spawned so
+far are stopped, none is spawned after) and, as a last resort, at the caller's exit
+(:func:`stop_worker_programs`): no worker outlives the caller to print its tracebacks later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -27,10 +36,56 @@ from image3_dask.pipeline.cluster import WORKER_PRELOAD, ClusterError, default_w
 
 log = logging.getLogger("image3_dask")
 
-__all__ = ["LocalProcessCluster", "WorkerProcess", "start_local_cluster", "worker_command"]
+__all__ = [
+    "LocalProcessCluster",
+    "WorkerProcess",
+    "start_local_cluster",
+    "stop_worker_programs",
+    "worker_command",
+]
 
 #: Seconds a worker waits for a scheduler that has gone before it exits.
 DEATH_TIMEOUT = 60
+#: Seconds a worker's nanny gets to exit after SIGTERM before its process group is killed.
+STOP_GRACE = 5.0
+
+#: Process group ids (= pids: each worker is a session leader) of the worker programs started
+#: by this process and not yet seen to exit.
+_RUNNING: set[int] = set()
+#: Set when a start was interrupted: a worker the start spawns after that is not started.
+_ABANDONED = threading.Event()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def stop_worker_programs(grace: float = STOP_GRACE) -> None:
+    """Stop every worker program this process started that still runs (and its children).
+
+    SIGTERM to each worker's process group, then SIGKILL to those still there after
+    ``grace`` seconds. Called when a cluster's start is interrupted and at exit; a cluster
+    closed normally has stopped its workers already.
+    """
+    groups = [g for g in list(_RUNNING) if _group_alive(g)]
+    for g in groups:
+        with _suppress_lookup():
+            os.killpg(g, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while groups and time.monotonic() < deadline:
+        time.sleep(0.05)
+        groups = [g for g in groups if _group_alive(g)]
+    for g in groups:
+        with _suppress_lookup():
+            os.killpg(g, signal.SIGKILL)
+    _RUNNING.clear()
+
+
+atexit.register(stop_worker_programs, 2.0)
 
 
 def worker_command(
@@ -87,14 +142,17 @@ class WorkerProcess(_spec_base()):
         super().__init__(scheduler=scheduler, name=name)
 
     async def start(self) -> None:
-        # Its own session: Ctrl-C in the terminal reaches only the caller, which closes the
-        # cluster in order (the workers' own SIGINT tracebacks are not for users).
+        if _ABANDONED.is_set():  # the caller was interrupted while the cluster started
+            raise ClusterError("the local cluster's start was interrupted")
+        # Its own session: Ctrl-C in the terminal reaches only the caller, which stops the
+        # workers (the workers' own SIGINT tracebacks are not for users).
         self.process = await asyncio.create_subprocess_exec(
             *self.command,
             stdin=subprocess.DEVNULL,
             env=_worker_env(),
             start_new_session=True,
         )
+        _RUNNING.add(self.process.pid)
         await super().start()
 
     @property
@@ -107,11 +165,17 @@ class WorkerProcess(_spec_base()):
         if proc is not None and proc.returncode is None:
             proc.terminate()  # the nanny closes its worker and exits
             try:
-                await asyncio.wait_for(proc.wait(), timeout=10)
+                await asyncio.wait_for(proc.wait(), timeout=STOP_GRACE)
             except TimeoutError:
+                # e.g. a nanny still connecting to the scheduler that has gone: it would
+                # print its traceback when that times out
                 with _suppress_lookup():
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
+        if proc is not None:
+            with _suppress_lookup():
+                os.killpg(proc.pid, signal.SIGKILL)  # a worker the nanny left behind
+            _RUNNING.discard(proc.pid)
         await super().close()
 
 
@@ -226,6 +290,7 @@ def start_local_cluster(
         each,
     )
     sched_security, tls = _tls_files(security)
+    _ABANDONED.clear()
     scheduler = {
         "cls": Scheduler,
         "options": {
@@ -250,7 +315,12 @@ def start_local_cluster(
                 security=sched_security,
             )
         except OSError as exc:
+            stop_worker_programs()
             raise ClusterError(f"cannot start the local scheduler: {exc}") from None
+        except BaseException:  # Ctrl-C while starting: no cluster object to close
+            _ABANDONED.set()
+            stop_worker_programs()
+            raise
     cluster.n_expected = n
     for w in caught:
         text = str(w.message)
