@@ -610,3 +610,25 @@ def test_ctrl_c_to_the_process_group_is_quiet(sim256, tmp_path, when):
     assert eof_after < 20, f"a process held the run's stderr for {eof_after:.0f} s"
     assert not [p for p in workers if _alive(p)], "worker programs outlived the run"
     assert not list(out.glob(".*.lock")) if out.exists() else True
+
+
+# --- Item 11: an exposure without a valid pixel -----------------------------------------------
+
+
+def test_all_nan_exposure_is_named_once_and_the_run_succeeds(sim256, tmp_path):
+    import numpy as np
+    from astropy.io import fits
+
+    asn_path = _copy_sim(sim256, tmp_path)
+    raw = json.loads(asn_path.read_text())
+    empty = asn_path.parent / raw["products"][0]["members"][2]["expname"]
+    with fits.open(empty, mode="update") as hdul:
+        hdul["SCI"].data[:] = np.nan
+    res = _cli("run", str(asn_path), "-o", str(tmp_path / "out"), "--no-mosaic-page", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "Error determining sky background" not in res.stderr
+    said = [ln for ln in res.stderr.splitlines() if "no valid pixels" in ln]
+    assert len(said) == 1 and empty.name.replace("_cal.fits", "") in said[0], res.stderr
+    assert "Traceback" not in res.stderr
+    with fits.open(tmp_path / "out" / f"{raw['products'][0]['name']}_i2d.fits") as hdul:
+        assert np.isfinite(hdul["SCI"].data).any()

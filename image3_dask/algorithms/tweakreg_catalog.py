@@ -207,6 +207,10 @@ def make_tweakreg_catalog(
     data = np.asarray(data, dtype=float)
     coverage_mask = None if mask is None else np.asarray(mask, dtype=bool)
 
+    usable = np.isfinite(data) if coverage_mask is None else np.isfinite(data) & ~coverage_mask
+    if not usable.any():  # an exposure without a valid pixel: the pipeline says so, once
+        log.debug("No finite pixel outside the coverage mask: empty catalog")
+        return _empty_catalog()
     try:
         bkg = _background(data, bkg_boxsize, coverage_mask)
         with warnings.catch_warnings():

@@ -36,6 +36,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from image3_dask.errors import ConfigError, InputError
 from image3_dask.graph.handoff import StepData
 from image3_dask.graph.tasks import TaskSpec
@@ -69,15 +71,19 @@ def stats_task(path, wcs: Any, footprint: Any, neighbours: dict, params: dict, f
 
     Returns
     -------
-    image3_dask.algorithms.skymatch.ExposureSkyStats
+    stats : image3_dask.algorithms.skymatch.ExposureSkyStats
         Small: one value, pixel count and area per region.
+    n_valid : int
+        The exposure's pixels that are finite and not excluded by ``dqbits`` (0: the exposure
+        adds nothing to the mosaic; said once by the step).
     """
     from image3_dask.algorithms.skymatch import exposure_sky_stats
     from image3_dask.algorithms.skystats import good_pixel_mask
 
     pix = read_pixels(path, ("data", "dq"))
     mask = good_pixel_mask(pix.data, pix.dq, params.get("dqbits"))
-    return exposure_sky_stats(
+    n_valid = int(np.count_nonzero(mask))
+    stats = exposure_sky_stats(
         pix.data,
         mask,
         wcs,
@@ -87,13 +93,23 @@ def stats_task(path, wcs: Any, footprint: Any, neighbours: dict, params: dict, f
         full_frame=full_frame,
         **{k: params[k] for k in _STAT_PARAMS},
     )
+    return stats, n_valid
 
 
-def solve_task(stats: dict, units: dict, skymethod: str, match_down: bool) -> dict:
-    """Task: sky level of every exposure from the statistics (see ``solve_sky``)."""
+def solve_task(
+    stats: dict, units: dict, skymethod: str, match_down: bool
+) -> tuple[dict, list[int]]:
+    """Task: sky level of every exposure from the statistics (see ``solve_sky``).
+
+    ``stats`` holds what :func:`stats_task` returns; the exposures without a valid pixel are
+    returned too (their indices).
+    """
     from image3_dask.algorithms.skymatch import solve_sky
 
-    return solve_sky(stats, units, skymethod=skymethod, match_down=match_down)
+    levels = solve_sky(
+        {k: s for k, (s, _) in stats.items()}, units, skymethod=skymethod, match_down=match_down
+    )
+    return levels, sorted(k for k, (_, n_valid) in stats.items() if n_valid == 0)
 
 
 def _check_previous(exposures: list[ExposureInfo], subtract: bool) -> None:
@@ -239,17 +255,25 @@ def _submit_sky(ctx, exposures: list[ExposureInfo]) -> Callable[[], list[Exposur
     (solve,) = ctx.submit([spec])
 
     def finish() -> list[ExposureInfo]:
-        (solved,) = ctx.wait([solve], "skymatch: statistics and solve")
+        ((solved, empty),) = ctx.wait([solve], "skymatch: statistics and solve")
         levels = {i: (lv.level, lv.valid) for i, lv in solved.items()}
-        return _record_levels(ctx, exposures, levels, method, subtract)
+        return _record_levels(ctx, exposures, levels, method, subtract, frozenset(empty))
 
     return finish
 
 
 def _record_levels(
-    ctx, exposures: list[ExposureInfo], levels: dict, method: str, subtract: bool
+    ctx,
+    exposures: list[ExposureInfo],
+    levels: dict,
+    method: str,
+    subtract: bool,
+    empty: frozenset[int] = frozenset(),
 ) -> list[ExposureInfo]:
-    """The exposures with their levels (:func:`_apply`), logged and reported."""
+    """The exposures with their levels (:func:`_apply`), logged and reported.
+
+    ``empty``: indices of exposures without a valid pixel, named once as such.
+    """
     out = _apply(exposures, levels, method, subtract)
     report = {
         "skymethod": method,
@@ -263,7 +287,13 @@ def _record_levels(
         },
     }
     for e in out:
-        if e.cal_steps["skymatch"] == "SKIPPED":
+        if e.index in empty:
+            log.warning(
+                "%s has no valid pixels (every SCI value is NaN or infinite, or flagged by "
+                "dqbits): its sky is left unchanged and it adds nothing to the mosaic",
+                e.name,
+            )
+        elif e.cal_steps["skymatch"] == "SKIPPED":
             log.warning("skymatch: unable to compute the sky of %s; it is left unchanged", e.name)
         else:
             log.info("skymatch: %s sky = %.6g (%s)", e.name, e.background_level, method)
