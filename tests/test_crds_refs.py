@@ -280,3 +280,26 @@ def test_config_show_merged_values_and_origins(field, cache, capsys):
     assert main(["config", "--show", str(field.asn_path), "--disable-crds-steppars"]) == 0
     out = capsys.readouterr().out
     assert "crds:" not in out and "steps.tweakreg.abs_minobj = 15" in out
+
+
+def test_pipeline_runs_with_crds_pars(field, cache, client, tmp_path, caplog):
+    """The pipeline applies the cache's pars-* files under the user's steps= values."""
+    steps = {**SKIP, "source_catalog": {"npixels": 20, "tiled": "never"}}
+    with caplog.at_level(logging.INFO, logger="image3_dask"):
+        Image3Pipeline.call(
+            field.asn_path, output_dir=tmp_path / "a", client=client, progress=False, steps=steps
+        )
+    assert "snr_threshold=5 npixels=20 kernel_fwhm=2.5" in caplog.text
+    assert "resample: parameters from CRDS (jwst_miri_pars-resamplestep_0001.asdf)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="image3_dask"):
+        Image3Pipeline.call(
+            field.asn_path,
+            output_dir=tmp_path / "b",
+            client=client,
+            progress=False,
+            steps=steps,
+            disable_crds_steppars=True,
+        )
+    assert "snr_threshold=3 npixels=20 kernel_fwhm=2" in caplog.text
+    assert "parameters from CRDS" not in caplog.text
