@@ -59,7 +59,7 @@ from image3_dask.graph.plan import (
     make_plan,
     start_pixmaps,
 )
-from image3_dask.graph.tasks import TaskSpec, resumable
+from image3_dask.graph.tasks import TaskSpec, resumable, with_wcs
 from image3_dask.io.exposures import ExposureInfo
 from image3_dask.io.mosaic_store import MosaicStore, fingerprint
 
@@ -218,8 +218,13 @@ class _Outputs:
     fp: dict[int, str]
 
 
-def _flag_spec(e: ExposureInfo, out: _Outputs, work, after: list, **kwargs) -> TaskSpec:
-    """The task flagging exposure ``e`` and writing its crf file, reused when still valid."""
+def _flag_spec(
+    e: ExposureInfo, sent: dict, out: _Outputs, work, after: list, **kwargs
+) -> TaskSpec:
+    """The task flagging exposure ``e`` and writing its crf file, reused when still valid.
+
+    ``sent``: the exposure's ``info`` and ``wcs`` task arguments (``ctx.exposure_kwargs``).
+    """
     return TaskSpec(
         "outlier-flag",
         e.name,
@@ -230,8 +235,9 @@ def _flag_spec(e: ExposureInfo, out: _Outputs, work, after: list, **kwargs) -> T
             "manifest": out.store,
             "fp": out.fp[e.index],
             "outputs": [out.crf[e.index]],
-            "work": work,
-            "info": e,
+            "work": with_wcs,
+            "task": work,
+            **sent,
             "crf_path": out.crf[e.index],
             "crf_meta": out.meta[e.index],
             **kwargs,
@@ -393,6 +399,7 @@ def _submit_resampled(
         ctx.products["outlier_i2d"] = outs
         ctx.products["median"] = med_out
     specs = []
+    sent = ctx.exposure_kwargs(exposures)
     for e in exposures:
         ref = plan.pixmaps[e.index]
         reached = [
@@ -401,6 +408,7 @@ def _submit_resampled(
         specs.append(
             _flag_spec(
                 e,
+                sent[e.index],
                 out,
                 flag_exposure,
                 reached + data.after([e.index]),
@@ -489,8 +497,11 @@ def _submit_unresampled(ctx, data: StepData, params: OutlierParams, out: _Output
             ]
         )
         ctx.products["median"] = med_out
+    sent = ctx.exposure_kwargs(exposures)
     specs = [
-        _flag_spec(e, out, flag_exposure_median, medians, store_path=out.store, params=params)
+        _flag_spec(
+            e, sent[e.index], out, flag_exposure_median, medians, store_path=out.store, params=params
+        )
         for e in exposures
     ]
     return dict(zip([e.index for e in exposures], ctx.submit(specs), strict=True))

@@ -29,7 +29,7 @@ from image3_dask.algorithms.tiles import (
     overlapping,
     plan_tiles,
 )
-from image3_dask.graph.tasks import TaskSpec
+from image3_dask.graph.tasks import TaskSpec, with_wcs
 from image3_dask.io.exposures import ExposureInfo
 from image3_dask.io.mosaic_store import atomic_write_text, fingerprint
 from image3_dask.io.wcs_files import load_output_wcs
@@ -276,6 +276,8 @@ def start_pixmaps(ctx, exposures: list[ExposureInfo], params: dict) -> tuple:
     stepsize = float(params.get("pixmap_stepsize", 1.0) or 1.0)
     order = int(params.get("pixmap_order", 1) or 1)
     tasks, paths = [], []
+    sent = ctx.exposure_kwargs(exposures)
+    (grid_wcs,) = ctx.wcs_futures([grid.wcs])
     for e in exposures:
         path = folder / f"{e.index:04d}_{e.name}_{key[1][e.index]}.npy"
         paths.append(path)
@@ -283,10 +285,11 @@ def start_pixmaps(ctx, exposures: list[ExposureInfo], params: dict) -> tuple:
             TaskSpec(
                 "pixmap-exposure",
                 e.name,
-                _compute_pixmap,
+                with_wcs,
                 kwargs={
-                    "info": e,
-                    "grid_wcs": grid.wcs,
+                    "task": _compute_pixmap,
+                    **sent[e.index],
+                    "grid_wcs": grid_wcs,
                     "path": path,
                     "stepsize": stepsize,
                     "order": order,

@@ -358,7 +358,7 @@ def submit(ctx, data: StepData) -> StepData:
                 "resample-meta",
                 ctx.product_name,
                 build_i2d_model,
-                (data.exposures, plan.grid, params, ctx.asn),
+                ([bbox_only(e) for e in data.exposures], plan.grid, params, ctx.asn),
                 priority=1,  # source_catalog waits for it
             ),
         ]

@@ -235,14 +235,15 @@ def _submit_sky(ctx, exposures: list[ExposureInfo]) -> Callable[[], list[Exposur
     neighbours = find_neighbours(footprints, units)
     params = {k: cfg.get(k) for k in (*_STAT_PARAMS, "dqbits", "stepsize")}
     full = method != "match"
+    wcs = ctx.wcs_futures([e.wcs for e in exposures])
     tasks = [
         TaskSpec(
             "skymatch-stats",
             e.name,
             stats_task,
-            (e.path, e.wcs, footprints[e.index], neighbours[e.index], params, full),
+            (e.path, wcs[k], footprints[e.index], neighbours[e.index], params, full),
         )
-        for e in exposures
+        for k, e in enumerate(exposures)
     ]
     futures = ctx.submit(tasks)
     stats = {e.index: f for e, f in zip(exposures, futures, strict=True)}

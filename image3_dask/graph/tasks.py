@@ -28,6 +28,7 @@ __all__ = [
     "TaskSpec",
     "RunWatcher",
     "resumable",
+    "with_wcs",
 ]
 
 
@@ -133,6 +134,16 @@ def resumable(
         record["outputs"] = {str(p): _file_state(p) for p in outputs}
     store.mark_done(stage, name, fp, record)
     return {**info, "reused": False}
+
+
+def with_wcs(*, task: Callable[..., Any], info: Any, wcs: Any, **kwargs: Any) -> Any:
+    """Task: ``task(info=info.evolve(wcs=wcs), **kwargs)``.
+
+    An exposure reaches a task as a copy without its WCS (``info``) and the future of its
+    WCS (``wcs``, see :meth:`~image3_dask.pipeline.context.RunContext.exposure_kwargs`),
+    so that its gwcs is serialised once per run rather than once per task.
+    """
+    return task(info=info.evolve(wcs=wcs), **kwargs)
 
 
 def _file_state(path: Path) -> list | None:

@@ -361,6 +361,11 @@ def correct_task(
     return new, s_region_imaging(new, shape)
 
 
+def corrected_wcs(corrected: tuple[Any, str | None]) -> Any:
+    """Task: the WCS of a :func:`correct_task` result (kept on the cluster for later tasks)."""
+    return corrected[0]
+
+
 def s_region_imaging(wcs: Any, shape: tuple[int, int]) -> str | None:
     """``S_REGION`` of an imaging exposure as jwst's ``update_s_region_imaging`` computes it.
 
@@ -607,11 +612,17 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
         fixed = ctx.wait(futures, "tweakreg: corrected WCS")
         result["wcs"] = list(result["wcs"])
         s_regions = {}
-        for i, (w, region), f in zip(todo, fixed, futures, strict=True):
+        # the later steps' tasks read the corrected WCS from the workers, not from the client
+        held = ctx.submit(
+            [
+                TaskSpec("tweakreg-wcs", exposures[i].name, corrected_wcs, (f,))
+                for i, f in zip(todo, futures, strict=True)
+            ]
+        )
+        for i, (w, region), f in zip(todo, fixed, held, strict=True):
             result["wcs"][i] = w
             s_regions[i] = region
-            # the later steps' tasks read the corrected WCS from the task that made it
-            ctx.remember_wcs(w, ctx.client.submit(operator.itemgetter(0), f, pure=False))
+            ctx.remember_wcs(w, f)
         ctx.tasks.forget(futures)
     else:
         s_regions = {}

@@ -66,6 +66,8 @@ class RunContext:
     plans: dict[tuple, Any] = field(default_factory=dict)
     tasks: TaskLedger | None = None
     _finishers: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False)
+    #: ``id(wcs)`` -> (the WCS object, the future of its copy on the cluster)
+    _wcs_refs: dict[int, tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.tasks is None:
@@ -74,6 +76,39 @@ class RunContext:
     def submit(self, tasks: list[TaskSpec]) -> list:
         """Submit ``tasks`` now (nothing awaited); return their futures."""
         return self.tasks.submit(tasks)
+
+    def wcs_futures(self, wcses: list) -> list:
+        """Futures of WCS objects on the cluster; each object is sent there once per run.
+
+        A gwcs pickles to about 60 kB. Sent inside the arguments of every task that reads it
+        (sky statistics, pixel map, crf file), it is serialised by the client, deserialised by
+        the scheduler and again by the worker, once per task; as a future, it is sent once and
+        moved between workers only where needed.
+        """
+        todo = {id(w): w for w in wcses if id(w) not in self._wcs_refs}
+        if todo:
+            futures = self.client.scatter(list(todo.values()), hash=False)
+            for w, f in zip(todo.values(), futures, strict=True):
+                self._wcs_refs[id(w)] = (w, f)
+        return [self._wcs_refs[id(w)][1] for w in wcses]
+
+    def remember_wcs(self, wcs: Any, future: Any) -> None:
+        """Record that ``future`` (e.g. the task that made ``wcs``) holds ``wcs`` on the cluster."""
+        self._wcs_refs[id(wcs)] = (wcs, future)
+
+    def exposure_kwargs(self, exposures: list) -> dict[int, dict[str, Any]]:
+        """Task arguments ``info`` and ``wcs`` of each exposure, for :func:`~image3_dask.graph.tasks.with_wcs`.
+
+        ``info`` is a copy whose WCS is reduced to its bounding box; ``wcs`` the future of the
+        WCS (:meth:`wcs_futures`). Keyed by exposure index.
+        """
+        from image3_dask.graph.drizzle_inputs import bbox_only
+
+        futures = self.wcs_futures([e.wcs for e in exposures])
+        return {
+            e.index: {"info": bbox_only(e), "wcs": f}
+            for e, f in zip(exposures, futures, strict=True)
+        }
 
     def wait(self, futures: list, label: str) -> list:
         """Wait for ``futures`` and return their results (see :meth:`TaskLedger.wait`)."""
