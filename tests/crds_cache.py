@@ -159,14 +159,27 @@ PARS_CLASSES = {
 
 
 def write_pars(path: Path, reftype: str, parameters: dict) -> Path:
-    """A CRDS step-parameter file (ASDF: ``class``, ``name``, ``parameters``, ``meta``)."""
+    """A CRDS parameter file (ASDF: ``class``, ``name``, ``parameters``, ``meta``).
+
+    For ``pars-image3pipeline``, ``parameters`` is ``{step reftype: {name: value}}`` and goes
+    to the file's ``steps`` list (the pipeline's own parameters are left empty).
+    """
     import asdf
 
-    cls, name = PARS_CLASSES[reftype]
+    steps = []
+    if reftype == "pars-image3pipeline":
+        cls, name = "jwst.pipeline.calwebb_image3.Image3Pipeline", "calwebb_image3"
+        for step_reftype, values in parameters.items():
+            step_cls, step_name = PARS_CLASSES[step_reftype]
+            steps.append({"class": step_cls, "name": step_name, "parameters": values})
+        parameters = {}
+    else:
+        cls, name = PARS_CLASSES[reftype]
     tree = {
         "class": cls,
         "name": name,
         "parameters": parameters,
+        **({"steps": steps} if steps else {}),
         "meta": {
             "author": "image3-dask tests",
             "date": "2026-01-01T00:00:00",

@@ -32,6 +32,8 @@ PARS = {
     "pars-resamplestep": {"pixfrac": 0.8},
     "pars-sourcecatalogstep": {"snr_threshold": 5.0, "npixels": 12, "kernel_fwhm": 2.5},
 }
+#: The pipeline's pars file, applied over the steps' (stpipe's order).
+PIPELINE_PARS = {"pars-sourcecatalogstep": {"snr_threshold": 6.0}}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,8 @@ def refs(tmp_path_factory):
     root = tmp_path_factory.mktemp("crdsrefs")
     ap, ab = write_reference_files("miri", root)
     pars = {k: write_pars(root / f"{k}.asdf", k, v) for k, v in PARS.items()}
-    return {"apcorr": ap, "abvegaoffset": ab, **pars}
+    pipe = write_pars(root / "pipe.asdf", "pars-image3pipeline", PIPELINE_PARS)
+    return {"apcorr": ap, "abvegaoffset": ab, **pars, "pars-image3pipeline": pipe}
 
 
 @pytest.fixture
@@ -109,8 +112,15 @@ def test_reference_files_and_pars_from_the_cache(field, cache, caplog):
     for reftype, values in PARS.items():
         step = step_of[reftype]
         for name, value in values.items():
+            if name in PIPELINE_PARS.get(reftype, {}):
+                continue
             assert config[step][name] == value, (step, name)
             assert config.origins[step][name] == f"crds:jwst_miri_{reftype}_0001.asdf"
+    # pars-image3pipeline over pars-sourcecatalogstep, as stpipe merges them
+    assert config["source_catalog"]["snr_threshold"] == 6.0
+    assert config.origins["source_catalog"]["snr_threshold"] == (
+        "crds:jwst_miri_pars-image3pipeline_0001.asdf"
+    )
 
 
 def test_pars_precedence_and_disabling(field, cache, tmp_path, monkeypatch):
@@ -125,10 +135,12 @@ def test_pars_precedence_and_disabling(field, cache, tmp_path, monkeypatch):
     config.apply_overrides(["--steps.source_catalog.kernel_fwhm=3.0"])
     resolve_references(field.cal_paths, config)
     sc = config["source_catalog"]
-    assert sc["snr_threshold"] == 5.0  # CRDS over the default
+    assert sc["snr_threshold"] == 6.0  # CRDS over the default
     assert sc["npixels"] == 40 and config.origins["source_catalog"]["npixels"] == str(toml)
     assert sc["kernel_fwhm"] == 3.0 and config.origins["source_catalog"]["kernel_fwhm"] == "--steps"
-    assert sc["bkg_boxsize"] == 1000 and config.origins["source_catalog"]["bkg_boxsize"] == "default"
+    assert (
+        sc["bkg_boxsize"] == 1000 and config.origins["source_catalog"]["bkg_boxsize"] == "default"
+    )
     # --disable-crds-steppars, then STPIPE_DISABLE_CRDS_STEPPARS: no parameters, files still
     config = PipelineConfig()
     found = resolve_references(field.cal_paths, config, disable_steppars=True)
@@ -182,6 +194,7 @@ def test_pars_as_stpipe_resolves_them(field, cache):
             assert ours == value or str(ours) == str(value), (step, name, ours, value)
             compared += 1
     assert compared == sum(len(v) for v in PARS.values())
+    assert theirs["steps"]["source_catalog"]["snr_threshold"] == 6.0
 
 
 # --------------------------------------------------------------------------- catalogs
@@ -272,9 +285,12 @@ def test_config_show_merged_values_and_origins(field, cache, capsys):
     assert main(["config", "--show", str(field.asn_path), "--steps.source_catalog.npixels=9"]) == 0
     lines = {ln.split(" = ")[0]: ln for ln in capsys.readouterr().out.splitlines()}
     assert lines["steps.source_catalog.snr_threshold"].endswith(
+        "# crds:jwst_miri_pars-image3pipeline_0001.asdf"
+    )
+    assert lines["steps.source_catalog.kernel_fwhm"].endswith(
         "# crds:jwst_miri_pars-sourcecatalogstep_0001.asdf"
     )
-    assert "= 5.0" in lines["steps.source_catalog.snr_threshold"]
+    assert "= 6.0" in lines["steps.source_catalog.snr_threshold"]
     assert lines["steps.source_catalog.npixels"].split("#")[1].strip() == "--steps"
     assert lines["steps.source_catalog.bkg_boxsize"].endswith("# default")
     assert main(["config", "--show", str(field.asn_path), "--disable-crds-steppars"]) == 0
@@ -289,7 +305,7 @@ def test_pipeline_runs_with_crds_pars(field, cache, client, tmp_path, caplog):
         Image3Pipeline.call(
             field.asn_path, output_dir=tmp_path / "a", client=client, progress=False, steps=steps
         )
-    assert "snr_threshold=5 npixels=20 kernel_fwhm=2.5" in caplog.text
+    assert "snr_threshold=6 npixels=20 kernel_fwhm=2.5" in caplog.text
     assert "resample: parameters from CRDS (jwst_miri_pars-resamplestep_0001.asdf)" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="image3_dask"):

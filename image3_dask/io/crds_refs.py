@@ -359,7 +359,7 @@ def _plain(value: Any) -> Any:
 
 def fetch_step_pars(
     parameters: dict[str, Any], steps: Sequence[str], observatory: str = "jwst"
-) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+) -> dict[str, dict[str, tuple[Any, str]]]:
     """The CRDS step parameters of ``steps`` and of the pipeline, merged as stpipe merges them.
 
     Parameters
@@ -373,43 +373,42 @@ def fetch_step_pars(
 
     Returns
     -------
-    values : dict
-        ``{step: {parameter: value}}``: each step's ``pars-<step>`` file, then the pipeline's
-        ``pars-image3pipeline`` over them.
-    files : dict
-        ``{step: file name}`` of the parameter files each step's values came from.
+    dict
+        ``{step: {parameter: (value, file name)}}``: each step's ``pars-<step>`` file, then the
+        pipeline's ``pars-image3pipeline`` over them; the file each value came from.
     """
     reftypes = [STEP_PARS_REFTYPES[s] for s in steps] + [PIPELINE_PARS_REFTYPE]
     found = lookup_references(parameters, reftypes, observatory)
     for reftype, msg in {**found.lookup_errors, **found.errors}.items():
         log.debug("%s: no parameters from CRDS (%s)", reftype.upper(), msg)
-    values: dict[str, dict[str, Any]] = {}
-    files: dict[str, str] = {}
+    layers: list[tuple[str, dict[str, dict[str, Any]]]] = []
     for step in steps:
         path = found.paths.get(STEP_PARS_REFTYPES[step])
         if path and path != "N/A":
             log.info("%s parameters found: %s", STEP_PARS_REFTYPES[step].upper(), path)
-            values.setdefault(step, {}).update(read_pars_file(path, step).get(step, {}))
-            files[step] = Path(path).name
+            layers.append((Path(path).name, read_pars_file(path, step)))
     path = found.paths.get(PIPELINE_PARS_REFTYPE)
     if path and path != "N/A":
         log.info("%s parameters found: %s", PIPELINE_PARS_REFTYPE.upper(), path)
-        for step, vals in read_pars_file(path).items():
-            if step in steps and vals:
-                values.setdefault(step, {}).update(vals)
-                files[step] = ", ".join(filter(None, (files.get(step), Path(path).name)))
-    return values, files
+        layers.append((Path(path).name, read_pars_file(path)))
+    merged: dict[str, dict[str, tuple[Any, str]]] = {}
+    for name, values in layers:
+        for step, vals in values.items():
+            if step in steps:
+                merged.setdefault(step, {}).update({k: (v, name) for k, v in vals.items()})
+    return merged
 
 
-def apply_step_pars(config, values: dict[str, dict[str, Any]], files: dict[str, str]) -> dict:
+def apply_step_pars(config, values: dict[str, dict[str, tuple[Any, str]]]) -> dict:
     """Apply CRDS step parameters under the user's: only to parameters still at their default.
 
     Parameters
     ----------
     config : PipelineConfig
         The run's parameters (changed in place); its ``origins`` tell which values the user
-        set (parameter file, command line, ``steps=``), which CRDS must not change.
-    values, files : dict
+        set (parameter file, command line, ``steps=``), which CRDS must not change. The
+        origin of an applied value becomes ``crds:<file>``.
+    values : dict
         From :func:`fetch_step_pars`.
 
     Returns
@@ -419,16 +418,17 @@ def apply_step_pars(config, values: dict[str, dict[str, Any]], files: dict[str, 
     """
     applied: dict[str, dict[str, Any]] = {}
     for step, vals in values.items():
-        source = f"crds:{files.get(step, STEP_PARS_REFTYPES[step])}"
-        done = config.update_defaults({step: vals}, source=source)
-        if done.get(step):
-            applied[step] = done[step]
-            log.info(
-                "%s: parameters from CRDS (%s): %s",
-                step,
-                files.get(step),
-                ", ".join(f"{k}={v!r}" for k, v in done[step].items()),
-            )
+        for file in dict.fromkeys(f for _, f in vals.values()):
+            mine = {k: v for k, (v, f) in vals.items() if f == file}
+            done = config.update_defaults({step: mine}, source=f"crds:{file}").get(step)
+            if done:
+                applied.setdefault(step, {}).update(done)
+                log.info(
+                    "%s: parameters from CRDS (%s): %s",
+                    step,
+                    file,
+                    ", ".join(f"{k}={v!r}" for k, v in done.items()),
+                )
     return applied
 
 
@@ -519,8 +519,7 @@ def resolve_references(
     if configured:
         parameters, observatory = dataset_parameters(members[0])
         if apply_pars and not steppars_disabled(disable_steppars):
-            values, files = fetch_step_pars(parameters, list(steps), observatory)
-            apply_step_pars(config, values, files)
+            apply_step_pars(config, fetch_step_pars(parameters, list(steps), observatory))
             steps = [s for s in STEP_ORDER if not config[s].skip]
         elif apply_pars:
             log.debug("CRDS parameter reference retrieval disabled")
