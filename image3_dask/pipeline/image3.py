@@ -151,6 +151,7 @@ class Image3Pipeline:
         keep_work: bool = False,
         mosaic_page: int | None = None,
         disable_crds_steppars: bool | None = None,
+        references=None,
     ) -> dict[str, Any]:
         """Validate the inputs, then run the steps in order on the cluster.
 
@@ -163,6 +164,10 @@ class Image3Pipeline:
         disable_crds_steppars : bool, optional
             stpipe's ``--disable-crds-steppars``: do not apply CRDS ``pars-*`` files (default:
             the ``STPIPE_DISABLE_CRDS_STEPPARS`` environment variable decides).
+        references : References, optional
+            Reference files already resolved (by the client that submitted a job): CRDS is not
+            asked again, and the configuration is taken as it is (its CRDS step parameters
+            already applied).
         mosaic_page : int, optional
             Serve a live picture of the run's tiles on ``http://127.0.0.1:<port>/`` (0: a free
             port; its address is logged next to the dashboard's) while the run lasts; see
@@ -189,7 +194,10 @@ class Image3Pipeline:
             check_memory_limit(memory_limit, n_workers)
         # CRDS step parameters (under the user's) and reference files: once, on the client
         config = copy.deepcopy(self.config)
-        references = resolve_references(asn.members, config, disable_steppars=disable_crds_steppars)
+        if references is None:
+            references = resolve_references(
+                asn.members, config, disable_steppars=disable_crds_steppars
+            )
         timings: dict[str, float] = {}
         with connect(
             scheduler, n_workers, memory_limit, dashboard_address, security, client=client

@@ -19,6 +19,7 @@ image3-driver``: each of those workers then runs at most one driver at a time.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -105,6 +106,7 @@ def submit_job(
     from distributed import fire_and_forget
 
     from image3_dask.io.asn import resolve_inputs
+    from image3_dask.io.crds_refs import resolve_references
     from image3_dask.io.exposures import read_exposures
     from image3_dask.pipeline.config import PipelineConfig
     from image3_dask.pipeline.image3 import step_available
@@ -120,6 +122,9 @@ def submit_job(
                 f"skip it with --steps.{step}.skip=true"
             )
     read_exposures(asn.members)  # every input problem, reported before anything is submitted
+    # CRDS is asked here, once, by the submitting client (the driver task may not reach it)
+    config = copy.deepcopy(config)
+    references = resolve_references(asn.members, config)
     output_dir = Path(output_dir).resolve()
     if job_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", job_id):
         raise ConfigError(f"--job-id {job_id!r}: use letters, digits, '.', '_' and '-' only")
@@ -142,6 +147,7 @@ def submit_job(
     spec = {
         "record": record,
         "config": config.to_dict(),
+        "references": references,
         "product_name": asn.product_name if asn.path is None else product_name,
         "keep_work": keep_work,
     }
@@ -327,6 +333,7 @@ class _Driver:
                 client=self.client,
                 progress=False,
                 keep_work=self.spec.get("keep_work", False),
+                references=self.spec.get("references"),
             )
         except Image3Error as exc:
             return self._finish("failed", error=str(exc))
