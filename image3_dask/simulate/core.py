@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +22,13 @@ from image3_dask.simulate import wcs as simwcs
 from image3_dask.simulate.instruments import Detector, Instrument, get_instrument
 from image3_dask.simulate.patterns import dither_pattern, field_extent_ideal, mosaic_pattern
 from image3_dask.simulate.psf import get_psf
+from image3_dask.simulate.quirks import (
+    IMAGE2_BACKGROUND_MODES,
+    Subarray,
+    image2_dq,
+    resolve_subarrays,
+    visit_layout,
+)
 from image3_dask.simulate.render import render_flux
 from image3_dask.simulate.scene import SERSIC_TRUNCATION, make_scene, sky_to_tangent
 from image3_dask.simulate.truth import (
@@ -145,6 +153,41 @@ def _cosmic_rays(rng, shape, rate: float, sigma: float, allowed: np.ndarray):
     return yy, xx, img[yy, xx]
 
 
+def _plain(sub: Subarray, shape) -> bool:
+    """Whether a file covers the whole simulated array (no subarray geometry to apply)."""
+    return sub.shape == tuple(shape) and sub.xstart == 1 and sub.ystart == 1
+
+
+def _json_subarray(spec):
+    if isinstance(spec, Subarray):
+        return spec.to_json()
+    if isinstance(spec, (str, dict)) or spec is None:
+        return spec
+    return [_json_subarray(s) for s in spec]
+
+
+def _bad_pixels_in(bad: dict[str, np.ndarray], sub: Subarray) -> dict[str, np.ndarray]:
+    """The detector's bad pixels that fall in a subarray, in the subarray's coordinates."""
+    ys, xs = sub.slices
+    keep = (bad["y"] >= ys.start) & (bad["y"] < ys.stop) & (bad["x"] >= xs.start)
+    keep &= bad["x"] < xs.stop
+    out = {k: v[keep] for k, v in bad.items()}
+    out["y"] = out["y"] - ys.start
+    out["x"] = out["x"] - xs.start
+    return out
+
+
+def _image2_background(mode: str | None, subtracted: float, sky: float) -> dict | None:
+    """``meta.background`` written for an ``image2_background`` mode (None: left unset)."""
+    if mode == "subtracted":
+        return {"level": subtracted, "subtracted": True, "method": "local"}
+    if mode == "recorded":
+        return {"level": float(sky), "subtracted": False, "method": "local"}
+    if mode == "undefined":
+        return {"level": float(sky), "subtracted": None, "method": "local"}
+    return None
+
+
 def _electron_scale(inst: Instrument, area_true: np.ndarray, area_nom: float) -> np.ndarray:
     """Surface brightness (MJy/sr) of one electron in each pixel."""
     return inst.photmjsr * area_nom / (area_true * inst.gain * inst.exposure_time)
@@ -181,6 +224,12 @@ def simulate(
     product_name: str | None = None,
     asn_id: str = "a3001",
     oversample: int = 5,
+    subarray: str | dict | Subarray | Sequence[str | dict | Subarray | None] | None = None,
+    dq_extras: bool = False,
+    image2_background: str | None = None,
+    visits: int | Sequence[tuple[str, str]] = 1,
+    visit_roll: float = 0.0,
+    dither_scale: float = 1.0,
 ) -> SimulationResult:
     """Simulate a set of level-2b (``*_cal.fits``) imaging exposures with known truth.
 
@@ -233,6 +282,42 @@ def simulate(
         Association id.
     oversample : int
         Sub-pixels per axis used to integrate the PSF.
+    subarray : str, dict or sequence, optional
+        Write subarray exposures (see :func:`image3_dask.simulate.quirks.resolve_subarrays`):
+        a named subarray (MIRI ``SUB256``, ``BRIGHTSKY``, ``SUB128``, ``SUB64``; NIRCam
+        ``SUB400P``, ``SUB160P``, ``SUB640``; the detector array must be the full frame), a
+        dict ``{"xstart", "ystart", "xsize", "ysize"[, "name"]}`` (1-based, within ``shape``),
+        or one of those (or ``None`` for the whole array) per exposure, which mixes full-frame
+        and subarray members. The file gets ``meta.subarray``, a SCI array of the subarray's
+        shape, the gwcs jwst's ``assign_wcs`` builds for a subarray (``Shift(xstart - 1) &
+        Shift(ystart - 1)`` before the detector distortion, bounding box of the subarray) and
+        ``meta.wcsinfo`` referred to the subarray's centre, as the SIAF subarray apertures are.
+    dq_extras : bool
+        Write the DQ and NaNs of a real ``calwebb_image2`` product (jwst >= 1.13): saturated
+        star cores (``SATURATED | DO_NOT_USE``), scattered ``OTHER_BAD_PIXEL | DO_NOT_USE``,
+        ``NO_FLAT_FIELD | DO_NOT_USE``, ``JUMP_DET`` and ``LOW_QE`` pixels, a block of
+        ``NON_SCIENCE`` columns without ``DO_NOT_USE`` (valid values), and NaN in SCI, ERR and
+        the variances wherever ``DO_NOT_USE`` is set (hot and dead pixels included; without it
+        they keep their values). See :func:`image3_dask.simulate.quirks.image2_dq`.
+    image2_background : {None, "bkg_subtract", "subtracted", "recorded", "undefined"}
+        What the image2 stage did with the background. ``"bkg_subtract"``: a background
+        estimate (the sky within 1 %) is subtracted from SCI and ``cal_step.bkg_subtract`` is
+        ``COMPLETE``, ``meta.background`` is left unset (jwst's image2 background step).
+        ``"subtracted"``: the same subtraction, recorded as ``meta.background`` ``level``,
+        ``subtracted=True``, ``method="local"`` (what skymatch with ``subtract=True`` writes).
+        ``"recorded"``: SCI untouched, ``meta.background`` with ``subtracted=False`` (a file that
+        has been through skymatch with ``subtract=False``). ``"undefined"``: a level with
+        ``subtracted`` unset. The truth records what was subtracted
+        (``ExposureTruth.background_subtracted``).
+    visits : int or sequence of (str, str)
+        Number of visits of ``observation``, or the ``(observation, visit)`` of each visit. The
+        exposures are split into consecutive runs; exposure numbers restart at 1 in each visit
+        (so only the visit tells their ``group_id`` apart) and each visit starts a day later.
+    visit_roll : float
+        Position angle change (deg) from one visit to the next.
+    dither_scale : float
+        Factor on the offsets of the ``"dither"`` pattern (about 2.5 arcsec per axis at 1;
+        smaller keeps small crops of NIRCam's 0.031 arcsec pixels overlapping).
 
     Returns
     -------
@@ -277,7 +362,18 @@ def simulate(
         "product_name": product_name,
         "asn_id": asn_id,
         "oversample": oversample,
+        "subarray": None if subarray is None else _json_subarray(subarray),
+        "dq_extras": dq_extras,
+        "image2_background": image2_background,
+        "visits": visits if isinstance(visits, int) else [list(v) for v in visits],
+        "visit_roll": visit_roll,
+        "dither_scale": dither_scale,
     }
+    if image2_background not in (None, *IMAGE2_BACKGROUND_MODES):
+        raise ValueError(
+            f"image2_background must be None or one of {IMAGE2_BACKGROUND_MODES}, "
+            f"not {image2_background!r}"
+        )
     ss = np.random.SeedSequence(seed)
     rng_point, rng_scene, rng_sky, rng_bad, ss_files = ss.spawn(5)
     rng_point = np.random.default_rng(rng_point)
@@ -295,7 +391,7 @@ def simulate(
     if pattern == "dither":
         if n is None:
             raise ValueError("n is required for a dither")
-        pointings = dither_pattern(n)
+        pointings = dither_pattern(n, dither_scale)
     elif pattern == "mosaic":
         pointings = mosaic_pattern(n, extent, rows, cols, overlap, exposures_per_pointing)
     else:
@@ -304,17 +400,19 @@ def simulate(
     p = primary.vparity
     ideal2v = np.array([[p * np.cos(a), np.sin(a)], [-p * np.sin(a), np.cos(a)]])
 
+    slots = visit_layout(visits, len(pointings), observation)
+    subarrays = resolve_subarrays(subarray, len(pointings), inst.name, inst.shape, shape)
     exposures = []
     (bx0, bx1), (by0, by1) = simwcs.bounding_box(inst, shape)
     corner_x = np.array([bx0, bx1, bx1, bx0])
     corner_y = np.array([by0, by0, by1, by1])
     det_corners = {d.name: dists[d.name](corner_x, corner_y, with_bounding_box=False) for d in dets}
     all_xi, all_eta = [], []
-    for pt in pointings:
+    for pt, slot in zip(pointings, slots, strict=True):
         # the field centre is seen at ideal position (centre of the detectors) - offset
         ideal = np.array([cx - pt.offset[0], cy - pt.offset[1]])
         v2a, v3a = ideal2v @ ideal + np.array([primary.v2_ref, primary.v3_ref])
-        anchor = (float(v2a), float(v3a), roll, ra, dec)
+        anchor = (float(v2a), float(v3a), roll + visit_roll * slot.visit_index, ra, dec)
         true_primary = simwcs.attitude_for_detector(anchor, primary)
         err = (
             float(rng_point.normal(0, pointing_error)),
@@ -373,19 +471,42 @@ def simulate(
     sky_levels = sky * (1.0 + rng_sky.uniform(-sky_variation, sky_variation, len(exposures)))
     duration = inst.exposure_time + 10.0 + 120.0
     dither_total = len(pointings) if pattern == "dither" else exposures_per_pointing
+    saturation = sky + 0.3 * (
+        max(flux_range_jy or inst.flux_range_jy)
+        * 1e-6
+        / nominal_area
+        * psf.pixel_stamp(0.0, 0.0, psf.stamp_half_size, oversample).max()
+    )
+    rng_bkg = np.random.default_rng(ss.spawn(1)[0])
+    bkg_errors = 1.0 + rng_bkg.uniform(-0.01, 0.01, len(exposures))
     for i, (pt, true_primary, written_primary, err) in enumerate(exposures):
-        start_mjd = _MJD0 + i * duration / 86400.0
+        slot, sub = slots[i], subarrays[i]
+        start_mjd = _MJD0 + i * duration / 86400.0 + slot.visit_index
+        subtracted = (
+            float(sky_levels[i] * bkg_errors[i])
+            if image2_background in ("bkg_subtract", "subtracted")
+            else 0.0
+        )
         for j, det in enumerate(dets):
-            rng = np.random.default_rng(file_seeds[i * len(dets) + j])
+            seed_j = file_seeds[i * len(dets) + j]
+            rng = np.random.default_rng(seed_j)
             true_att = simwcs.attitude_for_detector(true_primary, det)
             written_att = simwcs.attitude_for_detector(written_primary, det)
-            w_true = simwcs.make_wcs(inst, det, shape, true_att, coeffs[det.name])
-            w_written = simwcs.make_wcs(inst, det, shape, written_att, coeffs[det.name])
             area = _area(inst, det, shape, coeffs[det.name])
+            det_refmask, bad = refmask, det_info[det.name]["_bp"]
+            if not _plain(sub, shape):
+                # meta.wcsinfo of a subarray aperture is referred to the subarray's centre
+                v2s, v3s = simwcs.subarray_reference_v2v3(inst, det, shape, sub, coeffs[det.name])
+                true_att = simwcs.attitude_at(true_att, v2s, v3s)
+                written_att = simwcs.attitude_at(written_att, v2s, v3s)
+                area, det_refmask = area[sub.slices], refmask[sub.slices]
+                bad = _bad_pixels_in(bad, sub)
+            w_true = simwcs.make_wcs(inst, det, shape, true_att, coeffs[det.name], sub)
+            w_written = simwcs.make_wcs(inst, det, shape, written_att, coeffs[det.name], sub)
             arrays, cr = _exposure_arrays(
                 rng,
                 inst,
-                shape,
+                sub.shape,
                 sources,
                 w_true,
                 psf,
@@ -394,19 +515,23 @@ def simulate(
                 float(sky_levels[i]),
                 noise,
                 cosmic_ray_rate,
-                det_info[det.name]["_bp"],
-                refmask,
+                bad,
+                det_refmask,
                 oversample,
+                np.random.default_rng(seed_j.spawn(1)[0]) if dq_extras else None,
+                saturation,
             )
+            if subtracted:
+                arrays["data"] -= np.float32(subtracted)
             wv1 = simwcs.sky_at(written_primary, 0.0, 0.0)
             meta = ExposureMeta(
                 program=program,
-                observation=observation,
-                visit="001",
+                observation=slot.observation,
+                visit=slot.visit,
                 visit_group="02",
                 sequence_id="1",
                 activity_id="01",
-                exposure_number=i + 1,
+                exposure_number=slot.exposure_number,
                 start_mjd=start_mjd,
                 attitude=written_att,
                 pointing_v1=(
@@ -416,7 +541,7 @@ def simulate(
                 ),
                 target=(ra, dec),
                 s_region=simwcs.footprint_s_region(w_written),
-                fits_wcs=simwcs.wcsinfo_fits_keywords(w_written, inst, shape),
+                fits_wcs=simwcs.wcsinfo_fits_keywords(w_written, inst, sub.shape),
                 pixel_area_sr=nominal_area,
                 dither={
                     "primary_type": "4-POINT-SETS" if pattern == "dither" else "NONE",
@@ -426,6 +551,9 @@ def simulate(
                     "y_offset": float(pt.offset[1]),
                 },
                 asn_table="asn.json",
+                subarray=sub,
+                background=_image2_background(image2_background, subtracted, sky_levels[i]),
+                bkg_subtract=image2_background in ("bkg_subtract", "subtracted"),
             )
             name = cal_filename(meta, det)
             path = write_cal(out_dir / name, inst, det, meta, w_written, arrays)
@@ -434,7 +562,7 @@ def simulate(
             truth_exposures.append(
                 ExposureTruth(
                     filename=name,
-                    exposure_number=i + 1,
+                    exposure_number=slot.exposure_number,
                     detector=det.name,
                     group_id=meta.group_id,
                     tile=pt.tile,
@@ -450,6 +578,8 @@ def simulate(
                     sky_mjysr=float(sky_levels[i]),
                     start_mjd=start_mjd,
                     cosmic_rays=cr,
+                    subarray=None if _plain(sub, shape) else sub.to_json(),
+                    background_subtracted=subtracted,
                 )
             )
             log.debug("wrote %s", path)
@@ -527,6 +657,8 @@ def _exposure_arrays(
     bad,
     refmask,
     oversample,
+    rng_dq=None,
+    saturation: float = np.inf,
 ):
     model = _model_image(sources, w_true, shape, psf, area, sky_level, oversample)
     k = _electron_scale(inst, area, nominal_area)
@@ -549,6 +681,9 @@ def _exposure_arrays(
         data[bad["y"], bad["x"]] = bad["value"]
         dq[bad["y"], bad["x"]] = DO_NOT_USE | np.where(bad["kind"] == "hot", HOT, DEAD)
     dq[refmask] = DO_NOT_USE | REFERENCE_PIXEL
+    if rng_dq is not None:
+        # image2's DQ: saturated cores, scattered flags, NON_SCIENCE; NaN where DO_NOT_USE
+        dq |= image2_dq(rng_dq, model, allowed & (dq == 0), saturation)
     arrays = {
         "data": data,
         "err": err,
@@ -561,6 +696,8 @@ def _exposure_arrays(
     for name in ("data", "err", "var_poisson", "var_rnoise", "var_flat"):
         arrays[name] = np.array(arrays[name], dtype=np.float32)
         arrays[name][refmask] = np.nan
+        if rng_dq is not None:
+            arrays[name][(dq & DO_NOT_USE) > 0] = np.nan
     cr = {"y": cy, "x": cx, "value": cv}
     return arrays, cr
 
@@ -573,7 +710,8 @@ def truth_image(
     """Noise-free surface brightness (MJy/sr) of one simulated file, from its truth.
 
     Sources are rendered through the true WCS exactly as when simulating; no cosmic rays, no bad
-    pixels. Add ``truth.exposure(i).sky_mjysr`` or not with ``include_sky``.
+    pixels. Add ``truth.exposure(i).sky_mjysr`` or not with ``include_sky`` (a background taken
+    off by ``image2_background`` is not subtracted here: see ``background_subtracted``).
     """
     from image3_dask.simulate.truth import build_true_wcs
 
@@ -585,6 +723,9 @@ def truth_image(
     shape = truth.shape
     coeffs = truth.detectors[e.detector]["distortion"]
     area = _area(inst, det, shape, coeffs)
+    sub = e.subarray_obj()
+    if sub is not None:
+        area, shape = area[sub.slices], sub.shape
     w = build_true_wcs(truth, exposure)
     psf = get_psf(inst)
     sky = e.sky_mjysr if include_sky else 0.0

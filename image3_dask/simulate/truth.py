@@ -27,7 +27,9 @@ File format (``"format": "image3-dask-simulation-truth"``, ``"version": 1``)::
          "written_attitude": {...},         # what meta.wcsinfo / the file's gwcs use
          "pointing_error": {"dra_arcsec", "ddec_arcsec", "droll_arcsec"},
          "sky_mjysr": .., "start_mjd": ..,
-         "cosmic_rays": {"y": [..], "x": [..], "value": [..]}}   # MJy/sr added per pixel
+         "cosmic_rays": {"y": [..], "x": [..], "value": [..]},   # MJy/sr added per pixel
+         "subarray": null | {"name", "xstart", "ystart", "xsize", "ysize"},  # in "shape"
+         "background_subtracted": 0.0}      # MJy/sr taken off SCI (image2_background)
       ]
     }
 
@@ -35,7 +37,9 @@ Cosmic rays are residual (undetected) hits: they are not flagged in DQ and do no
 pixels of bad or reference pixels are not hit. Bad pixels are a property of the detector
 (identical in all its exposures); ``ExposureTruth.bad_pixels`` repeats them for convenience.
 MIRI reference columns (4 on each side) and NIRCam reference pixels (4 on each edge) are
-``DO_NOT_USE | REFERENCE_PIXEL`` with NaN in SCI/ERR/VAR_*.
+``DO_NOT_USE | REFERENCE_PIXEL`` with NaN in SCI/ERR/VAR_*. Files with a ``subarray`` hold
+that part of the ``shape`` array (bad pixels, reference pixels and the true WCS are the
+detector's, seen through the subarray); cosmic rays are in the file's own pixel coordinates.
 
 The pointing error moves the reference point by ``dra_arcsec`` (on the sky, i.e. already times
 ``cos(dec)``) and ``ddec_arcsec`` and the roll by ``droll_arcsec``: at the reference pixel the
@@ -79,6 +83,15 @@ class ExposureTruth:
     start_mjd: float
     cosmic_rays: dict[str, np.ndarray]
     bad_pixels: dict[str, np.ndarray] = field(default_factory=dict)
+    subarray: dict | None = None
+    background_subtracted: float = 0.0
+
+    def subarray_obj(self):
+        """The file's :class:`~image3_dask.simulate.quirks.Subarray`, ``None`` for the whole
+        simulated array."""
+        from image3_dask.simulate.quirks import Subarray
+
+        return None if self.subarray is None else Subarray(**self.subarray)
 
     def to_json(self) -> dict:
         """JSON-ready dictionary (bad pixels are stored with the detector)."""
@@ -96,6 +109,8 @@ class ExposureTruth:
             "sky_mjysr": self.sky_mjysr,
             "start_mjd": self.start_mjd,
             "cosmic_rays": {k: np.asarray(v).tolist() for k, v in self.cosmic_rays.items()},
+            "subarray": self.subarray,
+            "background_subtracted": self.background_subtracted,
         }
 
 
@@ -210,6 +225,8 @@ def load_truth(path: str | os.PathLike) -> Truth:
                     "kind": np.asarray(bp.get("kind", []), dtype=str),
                     "value": np.asarray(bp.get("value", []), dtype=float),
                 },
+                subarray=e.get("subarray"),
+                background_subtracted=float(e.get("background_subtracted", 0.0)),
             )
         )
     return Truth(meta=raw, detectors=detectors, sources=sources, exposures=exposures, path=path)
@@ -226,7 +243,7 @@ def _wcs_from_truth(truth, key, which: str):
     att = getattr(e, which)
     attitude = tuple(float(att[k]) for k in _ATT_KEYS)
     coeffs = truth.detectors[e.detector]["distortion"]
-    return make_wcs(inst, det, truth.shape, attitude, coeffs)
+    return make_wcs(inst, det, truth.shape, attitude, coeffs, e.subarray_obj())
 
 
 def build_true_wcs(truth: Truth | str | os.PathLike, exposure: int | str | os.PathLike = 0):

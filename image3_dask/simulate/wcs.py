@@ -41,6 +41,7 @@ from image3_dask.simulate.instruments import Detector, Instrument
 
 __all__ = [
     "Attitude",
+    "attitude_at",
     "attitude_for_detector",
     "bounding_box",
     "distortion_coefficients",
@@ -52,6 +53,8 @@ __all__ = [
     "reference_pixel",
     "roll_at",
     "sky_at",
+    "subarray_offset",
+    "subarray_reference_v2v3",
     "v23tosky",
     "wcsinfo_fits_keywords",
 ]
@@ -231,9 +234,35 @@ def roll_at(attitude: Attitude, new_v2: float, new_v3: float) -> float:
 
 def attitude_for_detector(attitude: Attitude, det: Detector) -> Attitude:
     """Re-express an attitude at a detector's reference point (its ``meta.wcsinfo`` values)."""
-    ra, dec = sky_at(attitude, det.v2_ref, det.v3_ref)
-    roll = roll_at(attitude, det.v2_ref, det.v3_ref)
-    return (det.v2_ref, det.v3_ref, roll, float(ra) % 360.0, float(dec))
+    return attitude_at(attitude, det.v2_ref, det.v3_ref)
+
+
+def attitude_at(attitude: Attitude, v2: float, v3: float) -> Attitude:
+    """Re-express an attitude at another V2/V3 point (arcsec), e.g. a subarray's centre."""
+    ra, dec = sky_at(attitude, v2, v3)
+    roll = roll_at(attitude, v2, v3)
+    return (float(v2), float(v3), roll, float(ra) % 360.0, float(dec))
+
+
+def subarray_offset(subarray) -> tuple[int, int] | None:
+    """0-based ``(x, y)`` of a subarray's first pixel in the detector array, ``None`` if none.
+
+    As jwst's ``assign_wcs`` (``util.subarray_transform``): no offset when both 1-based starts
+    are 1.
+    """
+    if subarray is None or (subarray.xstart == 1 and subarray.ystart == 1):
+        return None
+    return subarray.xstart - 1, subarray.ystart - 1
+
+
+def subarray_reference_v2v3(
+    inst: Instrument, det: Detector, shape: tuple[int, int], subarray, coeffs: dict | None = None
+) -> tuple[float, float]:
+    """V2/V3 (arcsec) of the centre of a subarray of the ``shape`` detector array."""
+    xr, yr = reference_pixel(subarray.shape)
+    dist = distortion_model(inst, det, shape, coeffs)
+    v2, v3 = dist(xr + subarray.xstart - 1, yr + subarray.ystart - 1, with_bounding_box=False)
+    return float(v2), float(v3)
 
 
 def perturb_attitude(
@@ -251,6 +280,7 @@ def make_wcs(
     shape: tuple[int, int],
     attitude: Attitude,
     coeffs: dict | None = None,
+    subarray=None,
 ) -> gwcs_wcs.WCS:
     """Build the gwcs of one detector.
 
@@ -265,6 +295,11 @@ def make_wcs(
         reference point (see :func:`attitude_for_detector`).
     coeffs : dict, optional
         Distortion coefficients (default :func:`distortion_coefficients`).
+    subarray : image3_dask.simulate.quirks.Subarray, optional
+        The file's subarray of the ``shape`` array. As jwst's ``assign_wcs`` builds it, a
+        ``Shift(xstart - 1) & Shift(ystart - 1)`` comes before the detector distortion (unless
+        both starts are 1) and the bounding box is the whole subarray,
+        ``((-0.5, xsize - 0.5), (-0.5, ysize - 0.5))``; the array shape is the subarray's.
     """
     detector = cf.Frame2D(name="detector", axes_order=(0, 1), unit=(u.pix, u.pix))
     v2v3 = cf.Frame2D(
@@ -275,6 +310,16 @@ def make_wcs(
     )
     world = cf.CelestialFrame(reference_frame=coord.ICRS(), name="world")
     dist = distortion_model(inst, det, shape, coeffs)
+    bbox = bounding_box(inst, shape)
+    array_shape = tuple(shape)
+    offset = subarray_offset(subarray)
+    if subarray is not None and (offset is not None or subarray.shape != tuple(shape)):
+        array_shape = subarray.shape
+        bbox = ((-0.5, subarray.xsize - 0.5), (-0.5, subarray.ysize - 0.5))
+        if offset is not None:
+            dist = (Shift(offset[0]) & Shift(offset[1])) | dist
+            dist.name = "distortion"
+        bind_bounding_box(dist, bbox, order="F")
     pipeline = [
         (detector, dist),
         (v2v3, Identity(2)),
@@ -282,8 +327,8 @@ def make_wcs(
         (world, None),
     ]
     w = gwcs_wcs.WCS(pipeline)
-    w.bounding_box = bounding_box(inst, shape)
-    w.array_shape = tuple(shape)
+    w.bounding_box = bbox
+    w.array_shape = array_shape
     return w
 
 

@@ -13,6 +13,7 @@ from stdatamodels.jwst import datamodels
 
 from image3_dask.io.crds_refs import SIMULATED_KEYWORD
 from image3_dask.simulate.instruments import Detector, Instrument
+from image3_dask.simulate.quirks import Subarray
 
 __all__ = ["ExposureMeta", "cal_filename", "write_cal"]
 
@@ -59,6 +60,12 @@ class ExposureMeta:
         ``meta.dither`` values.
     asn_pool, asn_table : str
         ``meta.asn`` names.
+    subarray : Subarray, optional
+        ``meta.subarray`` (default: the whole array, ``FULL`` or ``GENERIC`` for a crop).
+    background : dict, optional
+        ``meta.background`` (``level``, ``subtracted``, ``method``); unset when ``None``.
+    bkg_subtract : bool
+        ``cal_step.bkg_subtract`` is ``COMPLETE`` (else ``SKIPPED``).
     """
 
     program: str
@@ -78,6 +85,9 @@ class ExposureMeta:
     dither: dict
     asn_pool: str = "none"
     asn_table: str = "asn.json"
+    subarray: Subarray | None = None
+    background: dict | None = None
+    bkg_subtract: bool = False
 
     @property
     def exposure_str(self) -> str:
@@ -153,12 +163,18 @@ def write_cal(
             ins.channel = inst.channel
         if det.module:
             ins.module = det.module
-        m.aperture.name = "MIRIM_FULL" if inst.name == "MIRI" else f"{det.name}_FULL"
-
         ny, nx = arrays["data"].shape
+        given = meta.subarray
         sub = m.subarray
-        sub.name = "FULL" if (ny, nx) == tuple(inst.shape) else "GENERIC"
-        sub.xstart, sub.ystart, sub.xsize, sub.ysize = 1, 1, nx, ny
+        if given is None:
+            sub.name = "FULL" if (ny, nx) == tuple(inst.shape) else "GENERIC"
+            sub.xstart, sub.ystart, sub.xsize, sub.ysize = 1, 1, nx, ny
+        else:
+            sub.name = given.name
+            sub.xstart, sub.ystart = given.xstart, given.ystart
+            sub.xsize, sub.ysize = given.xsize, given.ysize
+        aperture = sub.name if sub.name not in ("GENERIC",) else "FULL"
+        m.aperture.name = f"MIRIM_{aperture}" if inst.name == "MIRI" else f"{det.name}_{aperture}"
         sub.fastaxis, sub.slowaxis = (1, 2) if inst.name == "MIRI" else (-1, 2)
 
         ngroups = inst.ngroups
@@ -260,7 +276,10 @@ def write_cal(
         m.asn.table_name = meta.asn_table
         for step in _CAL_STEPS[inst.name].split():
             setattr(m.cal_step, step, "COMPLETE")
-        m.cal_step.bkg_subtract = "SKIPPED"
+        m.cal_step.bkg_subtract = "COMPLETE" if meta.bkg_subtract else "SKIPPED"
+        if meta.background is not None:
+            for key, value in meta.background.items():
+                setattr(m.background, key, value)
         if inst.name == "NIRCAM":
             m.cal_step.persistence = "SKIPPED"
             m.cal_step.ipc = "SKIPPED"
