@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from gwcs import region
 from spherical_geometry.polygon import MalformedPolygonError, SphericalPolygon
 
+from .polygon_scan import scan_polygon
 from .skystats import sky_statistic
 
 __all__ = [
@@ -287,7 +287,8 @@ def exposure_sky_stats(
             if len(ra) < 4:
                 continue
             x, y = wcs.invert(ra, dec, with_bounding_box=False)
-            fill = region.Polygon(True, list(zip(x, y, strict=True))).scan(fill)
+            # the pixels gwcs.region.Polygon(...).scan marks (as stcal), 20x faster
+            fill = scan_polygon(np.column_stack([x, y]), fill)
         fill &= mask
         if not fill.any():
             result.overlaps[unit] = OverlapStat(None, 0, 0.0)
