@@ -386,7 +386,10 @@ def group_overlaps(footprints: Sequence[Any], min_area_frac: float = 0.0) -> lis
         One per group: a ``SphericalPolygon``, an ``(N, 2)`` array of RA/Dec vertices
         (e.g. ``wcs.footprint()``), or a list of those (the group's exposures).
     min_area_frac : float, optional
-        Minimum overlap area as a fraction of the smaller footprint.
+        Minimum overlap area as a fraction of the smaller footprint. With 0 (the default),
+        footprints whose outlines cross or nest overlap, without computing the area of
+        their intersection (20-50 ms per pair with ``spherical_geometry``; a 16-exposure dither
+        has 120 pairs); footprints that only touch then count as overlapping.
 
     Returns
     -------
@@ -399,6 +402,9 @@ def group_overlaps(footprints: Sequence[Any], min_area_frac: float = 0.0) -> lis
     for i in range(len(polys)):
         for j in range(i + 1, len(polys)):
             if not polys[i].intersects_poly(polys[j]):
+                continue
+            if min_area_frac <= 0:
+                pairs.append((i, j))
                 continue
             try:
                 a = abs(polys[i].intersection(polys[j]).area())

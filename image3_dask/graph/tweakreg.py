@@ -320,8 +320,8 @@ def align_task(
 def resolve_align_mode(align_mode: str, wcses: list[Any], group_ids: list[str]) -> str:
     """Task: ``align_mode='auto'`` made ``'official'`` or ``'global'`` from the footprints.
 
-    Runs beside the catalog tasks (the overlaps of the groups' footprints take ~1 s for 16
-    exposures), so the alignment task does not compute it while every worker waits.
+    Runs beside the catalog tasks, so the alignment task does not compute it while every
+    worker waits.
     """
     from image3_dask.algorithms.align import choose_align_mode
 
