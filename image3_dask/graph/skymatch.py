@@ -113,8 +113,15 @@ def solve_task(
 
 
 def _check_previous(exposures: list[ExposureInfo], subtract: bool) -> None:
-    """jwst refuses to re-run skymatch with a ``subtract`` different from the previous run's."""
+    """jwst refuses to re-run skymatch with a ``subtract`` different from the previous run's,
+    and a file whose ``meta.background`` has a level but no ``subtracted``."""
     for e in exposures:
+        given = e.meta.get("input_background") or {}
+        if given.get("level") is not None and given.get("subtracted") is None:
+            raise InputError(
+                f"{e.path}: background level was set but the 'subtracted' property is "
+                "undefined (None)"
+            )
         if e.background_subtracted and e.background_level is None:
             raise InputError(
                 f"{e.path}: background level was subtracted but the 'level' property is "

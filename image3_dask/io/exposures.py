@@ -263,6 +263,9 @@ def read_exposure_info(path: str | os.PathLike, index: int = 0) -> ExposureInfo:
             "bunit_data": bunit,
             "bunit_err": meta.bunit_err,
             "s_region": wcsinfo.get("s_region"),
+            # meta.background as the file has it (skymatch refuses a level whose 'subtracted'
+            # is undefined, as jwst does; background_subtracted below reads None as False)
+            "input_background": {"level": bkg.get("level"), "subtracted": bkg.get("subtracted")},
             "has_var": sorted(k for k, v in PIXEL_EXTENSIONS.items() if v in present),
         }
         return ExposureInfo(
