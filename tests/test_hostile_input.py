@@ -632,3 +632,66 @@ def test_all_nan_exposure_is_named_once_and_the_run_succeeds(sim256, tmp_path):
     assert "Traceback" not in res.stderr
     with fits.open(tmp_path / "out" / f"{raw['products'][0]['name']}_i2d.fits") as hdul:
         assert np.isfinite(hdul["SCI"].data).any()
+
+
+# --- Item 13: what listens where --------------------------------------------------------------
+
+
+def _process_tree(pid: int) -> set[int]:
+    tree, grew = {pid}, True
+    while grew:
+        grew = False
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) in tree:
+                continue
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid in tree:
+                tree.add(int(d.name))
+                grew = True
+    return tree
+
+
+def _listening(pids: set[int]) -> list[str]:
+    """The local addresses of the TCP sockets listening in ``pids`` (from ``ss``)."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[3] for line in out.splitlines() if any(f"pid={p}," in line for p in pids)]
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+def test_dev_cluster_and_local_cluster_listen_on_loopback_only(tmp_path):
+    from image3_dask.service.devcluster import ProcessCluster
+
+    with ProcessCluster(tmp_path / "dev", n_workers=1, memory_limit="1GB") as pc:
+        pids = set().union(*(_process_tree(p.pid) for p in pc.procs))
+        dev = _listening(pids)
+    # the local cluster in a process of its own (this one may hold the tests' LocalCluster)
+    code = (
+        "import json, os, sys; sys.path.insert(0, sys.argv[1]); import test_hostile_input as t\n"
+        "from image3_dask.pipeline.cluster import connect\n"
+        "with connect(n_workers=1, memory_limit='1GB', dashboard_address='127.0.0.1:0'):\n"
+        "    print(json.dumps(t._listening(t._process_tree(os.getpid()))))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent)],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    local = json.loads(res.stdout.strip().splitlines()[-1])
+    for where, addresses in (("dev cluster", dev), ("local cluster", local)):
+        assert len(addresses) >= 3, (where, addresses)  # scheduler, nanny, worker at least
+        assert all(a.startswith(("127.0.0.1:", "[::1]:")) for a in addresses), (where, addresses)
+
+
+def test_readme_recipe_binds_to_loopback():
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    recipe = text.split("**A scheduler you start**", 1)[1].split("```", 2)[1]
+    sched = [ln for ln in recipe.splitlines() if ln.startswith("dask scheduler")]
+    worker = [ln for ln in recipe.splitlines() if ln.startswith("dask worker")]
+    assert sched and worker
+    for line in sched:
+        assert "--host 127.0.0.1" in line and "--dashboard-address 127.0.0.1:8787" in line
+    for line in worker:
+        assert "--host 127.0.0.1" in line and "--dashboard-address 127.0.0.1:0" in line

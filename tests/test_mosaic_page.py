@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -207,23 +208,72 @@ def test_page_http(tiny_plan):
     client = _FakeClient([("resample-tile", name, "tok")])
     with MosaicPage(mon, client, port=0, poll_interval=0.0) as page:
         assert page.url.startswith("http://127.0.0.1:")
+        tok = f"?token={page.token}"
         code, body, ctype = _get(page.url)
         assert code == 200 and ctype.startswith("text/html") and b"state.json" in body
         assert body == _packaged_page()
-        code, body, ctype = _get(page.url + "state.json")
+        code, body, ctype = _get(page.base_url + "state.json" + tok)
         assert code == 200 and ctype == "application/json"
         s = json.loads(body)
         assert s["layouts"][0]["tiles"][0]["state"] == "running"
         assert client.calls == 1
-        assert _get(page.url + "nothing")[0] == 404
+        assert _get(page.base_url + "nothing" + tok)[0] == 404
         mon.finish("done")
-        s = json.loads(_get(page.url + "state.json")[1])
+        s = json.loads(_get(page.base_url + "state.json" + tok)[1])
         assert client.calls == 1  # the scheduler is not asked after the end
         t0 = time.perf_counter()
         page.stop(linger=5.0)  # the final state was served: no wait
         assert time.perf_counter() - t0 < 2
     with pytest.raises(OSError):
         _get(page.url)
+
+
+def _request(page, path: str, host: str | None = None, cookie: str | None = None):
+    """GET ``path`` from the page with the given ``Host`` and ``Cookie`` headers."""
+    import http.client
+
+    conn = http.client.HTTPConnection(*page._server.server_address[:2], timeout=10)
+    try:
+        conn.putrequest("GET", path, skip_host=True)
+        port = page._server.server_address[1]
+        conn.putheader("Host", host if host is not None else f"127.0.0.1:{port}")
+        if cookie:
+            conn.putheader("Cookie", cookie)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, r.read(), r.getheader("Set-Cookie")
+    finally:
+        conn.close()
+
+
+def test_page_needs_its_token_and_a_local_host_name():
+    mon = MosaicMonitor("tok")
+    with MosaicPage(mon, port=0) as page, MosaicPage(MosaicMonitor("t2"), port=0) as other:
+        port = page._server.server_address[1]
+        assert len(page.token) >= 32 and page.token != other.token
+        assert page.url == f"http://127.0.0.1:{port}/?token={page.token}"
+        # no token, a wrong one, another page's: refused, and nothing of the run is shown
+        for path in ("/", "/state.json", "/?token=", "/?token=x", f"/?token={other.token}"):
+            code, body, cookie = _request(page, path)
+            assert code == 403 and b"token" in body and b"tok" not in body.split(b":", 1)[0]
+            assert cookie is None
+        # the token in the URL: served, and a cookie (HttpOnly, SameSite=Strict) for the rest
+        code, body, cookie = _request(page, f"/?token={page.token}")
+        assert code == 200 and body == _packaged_page()
+        assert cookie.startswith(f"{page.cookie_name}={page.token};")
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        code, body, _ = _request(page, "/state.json", cookie=cookie.split(";")[0])
+        assert code == 200 and json.loads(body)["token"] == "tok"
+        wrong = f"{page.cookie_name}={other.token}"
+        assert _request(page, "/state.json", cookie=wrong)[0] == 403
+        assert _request(page, "/state.json", cookie=f"{other.cookie_name}={other.token}")[0] == 403
+        # DNS rebinding: a foreign Host is refused even with the token
+        q = f"/state.json?token={page.token}"
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", ""):
+            code, body, _ = _request(page, q, host=host)
+            assert code == 403 and b"answers only to" in body, host
+        for host in (f"localhost:{port}", "127.0.0.1", f"[::1]:{port}", "LOCALHOST:9999"):
+            assert _request(page, q, host=host)[0] == 200, host
 
 
 def test_the_ledger_tells_its_watcher(client):
@@ -314,7 +364,7 @@ def _gated_resample_tile(*args, **kwargs):
 
 
 @pytest.mark.slow
-def test_page_in_headless_chromium(tiny, tmp_path, monkeypatch):
+def test_page_in_headless_chromium(tiny, tmp_path, monkeypatch, caplog):
     browser, driver_path = _chromium()
     from distributed import Client, LocalCluster
     from selenium import webdriver
@@ -330,8 +380,14 @@ def test_page_in_headless_chromium(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(resample, "resample_tile", _gated_resample_tile)
     _GATE.clear()
     port = _free_port()
-    url = f"http://127.0.0.1:{port}/"
     out: dict = {}
+    # the page's address with its token, as the run prints it ("Mosaic page: URL")
+    caplog.set_level(logging.DEBUG, logger="image3_dask")
+    monkeypatch.setattr(logging.getLogger("image3_dask"), "disabled", False)
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "image3_dask"]
+
     with LocalCluster(
         n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
     ) as cluster, Client(cluster) as c:
@@ -360,9 +416,17 @@ def test_page_in_headless_chromium(tiny, tmp_path, monkeypatch):
         try:
             # the page comes up with the run (before the plan: no tiles yet)
             deadline = time.time() + 60
+            while not [m for m in said() if m.startswith("Mosaic page: ")]:
+                assert "error" not in out, out.get("error")
+                assert time.time() < deadline, f"the run never said its page's address: {said()}"
+                time.sleep(0.1)
+            url = [m for m in said() if m.startswith("Mosaic page: ")][0].split(": ", 1)[1]
+            base, token = url.split("?token=")
+            assert base == f"http://127.0.0.1:{port}/" and len(token) >= 32
+            assert _get(base + "state.json")[0] == 403  # no token, no state
             while True:
                 try:
-                    state = json.loads(_get(url + "state.json")[1])
+                    state = json.loads(_get(base + "state.json?token=" + token)[1])
                     if state["layouts"]:
                         break
                 except OSError:
@@ -384,6 +448,8 @@ def test_page_in_headless_chromium(tiny, tmp_path, monkeypatch):
             states = [e.get_attribute("data-state")
                       for e in drv.find_elements(By.CSS_SELECTOR, "rect.tile")]
             assert set(states) == {"running", "waiting"}, states
+            # the token set the page's cookie, its fetches carry it; the address bar drops it
+            assert drv.current_url == base
             assert states.count("running") <= 8, states
             assert len(drv.find_elements(By.CSS_SELECTOR, "polygon.footprint")) == 2
             assert "resample" in drv.find_element(By.ID, "layouts").text

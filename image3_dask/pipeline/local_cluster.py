@@ -94,6 +94,7 @@ def worker_command(
     """The command line of one local worker (a nanny and its single-threaded worker)."""
     cmd = [sys.executable, "-m", "distributed.cli.dask_worker", scheduler]
     cmd += ["--name", str(name), "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"]
+    cmd += ["--dashboard-address", "127.0.0.1:0"]  # its HTTP server (/health...): else 0.0.0.0
     cmd += ["--memory-limit", str(memory_limit or 0), "--nanny"]
     cmd += ["--death-timeout", str(DEATH_TIMEOUT), "--preload", WORKER_PRELOAD]
     for option, path in (tls or {}).items():

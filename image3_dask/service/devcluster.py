@@ -1,8 +1,14 @@
 """A scheduler and workers started as separate processes on this machine, as a user would.
 
-``ProcessCluster`` runs the ``dask scheduler`` and ``dask worker`` commands (loopback only), so
-that tests and a quick try-out exercise the same path as a real deployment: separate processes,
-a scheduler file, optional TLS, workers that can be killed and restarted by their nanny.
+``ProcessCluster`` runs the ``dask scheduler`` and ``dask worker`` commands, so that tests and a
+quick try-out exercise the same path as a real deployment: separate processes, a scheduler file,
+optional TLS, workers that can be killed and restarted by their nanny.
+
+Everything listens on the loopback interface only (:data:`LOOPBACK_ARGS`): Dask's defaults bind
+the scheduler's HTTP server (``/health``, ``/metrics``, and the dashboard when there is one) to
+``0.0.0.0:8787`` and each worker's to ``0.0.0.0`` even with ``--no-dashboard``, so the addresses
+are given explicitly; there is no dashboard (the HTTP server that Dask always starts answers
+only ``/health``-like routes, on a free loopback port).
 """
 
 from __future__ import annotations
@@ -18,7 +24,13 @@ from pathlib import Path
 
 from image3_dask.pipeline.cluster import ClusterError
 
-__all__ = ["ProcessCluster"]
+__all__ = ["LOOPBACK_ARGS", "ProcessCluster"]
+
+#: Options that keep each program's listening sockets on 127.0.0.1 (random free ports).
+LOOPBACK_ARGS = {
+    "scheduler": ["--host", "127.0.0.1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0"],
+    "worker": ["--host", "127.0.0.1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0"],
+}
 
 
 def _dask_command() -> list[str]:
@@ -32,7 +44,7 @@ def _dask_command() -> list[str]:
 
 
 class ProcessCluster:
-    """``dask scheduler`` plus ``dask worker`` processes bound to 127.0.0.1.
+    """``dask scheduler`` plus ``dask worker`` processes listening on 127.0.0.1 only.
 
     Parameters
     ----------
@@ -100,7 +112,7 @@ class ProcessCluster:
     def start(self, timeout: float = 60.0) -> ProcessCluster:
         """Start the scheduler and the workers; return when all workers have joined."""
         self.scheduler_file.unlink(missing_ok=True)
-        args = ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+        args = ["scheduler", *LOOPBACK_ARGS["scheduler"], "--port", "0"]
         args += ["--scheduler-file", str(self.scheduler_file)]
         if self.tls:
             args += ["--protocol", "tls", *self._tls_args()]
@@ -125,13 +137,11 @@ class ProcessCluster:
             "worker",
             "--scheduler-file",
             str(self.scheduler_file),
-            "--host",
-            "127.0.0.1",
+            *LOOPBACK_ARGS["worker"],
             "--nthreads",
             str(self.nthreads),
             "--memory-limit",
             self.memory_limit,
-            "--no-dashboard",
             "--nanny" if self.nanny else "--no-nanny",
             "--death-timeout",
             "60",
