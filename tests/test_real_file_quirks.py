@@ -224,21 +224,34 @@ def nircam8(tmp_path_factory, client):
     )
 
 
-def test_nircam_eight_detectors_grouped_as_jwst(nircam8):
-    """Our exposure groups are jwst's ModelLibrary groups (names and members)."""
+def test_nircam_eight_detectors_grouped_as_jwst(nircam8, tmp_path):
+    """Our exposure groups are jwst's ModelLibrary groups: names, members and order.
+
+    Also with the members listed detector by detector (exposures interleaved), the second
+    visit's exposure first.
+    """
     pytest.importorskip("jwst")
     from jwst.datamodels import ModelLibrary
 
+    from image3_dask.io.asn import make_association, resolve_inputs, write_association
     from image3_dask.io.exposures import read_exposures
 
-    infos = read_exposures(nircam8.cal_paths)
-    ours: dict[str, list[int]] = {}
-    for e in infos:
-        ours.setdefault(e.group_id, []).append(e.index)
-    lib = ModelLibrary(str(nircam8.asn_path), on_disk=True)
-    theirs = {g: list(v) for g, v in lib.group_indices.items()}
-    assert ours == theirs
-    assert len(ours) == 2 and all(len(v) == 8 for v in ours.values())
+    # jw01234001002_02101_00001_nrca1_cal.fits: detector, then visit 002 before 001
+    paths = sorted(nircam8.cal_paths, key=lambda p: (p.name.split("_")[3], -int(p.name[12])))
+    interleaved = write_association(
+        make_association(paths, "nrc", asn_id="a3002", relative_to=nircam8.asn_path.parent),
+        nircam8.asn_path.parent / "interleaved_asn.json",
+    )
+    for asn in (nircam8.asn_path, interleaved):
+        infos = read_exposures(resolve_inputs(asn).members)
+        ours: dict[str, list[int]] = {}
+        for e in infos:
+            ours.setdefault(e.group_id, []).append(e.index)
+        lib = ModelLibrary(str(asn), on_disk=True)
+        theirs = {g: list(v) for g, v in lib.group_indices.items()}
+        assert list(ours.items()) == list(theirs.items())
+        assert len(ours) == 2 and all(len(v) == 8 for v in ours.values())
+    assert next(iter(ours)).startswith("jw01234001002")  # the second visit came first
 
 
 def test_nircam_eight_detectors_tweakreg_equal_jwst(client, nircam8, tmp_path):
@@ -409,3 +422,40 @@ def test_recorded_background_whole_pipeline(client, tmp_path):
         assert d.max() < 1e-3
         # a level left in (or taken twice off) the mosaic would show in its median
         assert abs(np.nanmedian(b.data)) < 0.2
+
+
+def test_reference_file_without_the_mosaic_row(quirky, client, tmp_path, caplog):
+    """An APCORR file with no row for the mosaic's subarray: jwst warns and makes no catalog,
+    and so does image3-dask (it used to fail the run with an InputError)."""
+    import logging
+    import shutil
+
+    import stdatamodels.jwst.datamodels as dm
+    from jwst.source_catalog import SourceCatalogStep
+
+    from image3_dask.pipeline.image3 import Image3Pipeline as Ours
+    from image3_dask.simulate.refs import write_reference_files
+
+    apcorr, abvega = write_reference_files("miri", tmp_path / "refs")
+    with dm.open(apcorr) as m:  # keep the FULL rows only: the mosaic is GENERIC
+        table = m.apcorr_table
+        m.apcorr_table = table[table["subarray"] == "FULL"]
+        m.save(tmp_path / "apcorr_full_only.fits")
+    refs = {"override_apcorr": str(tmp_path / "apcorr_full_only.fits"),
+            "override_abvegaoffset": str(abvega)}
+    with caplog.at_level(logging.WARNING):
+        theirs = SourceCatalogStep.call(str(next(quirky["jwst"].glob("*_i2d.fits"))), **refs)
+    assert theirs is None
+    assert "Source catalog will not be created" in caplog.text
+    caplog.clear()
+    out = tmp_path / "ours"
+    out.mkdir()
+    for p in quirky["ours"].glob("*_i2d.*"):
+        (shutil.copytree if p.is_dir() else shutil.copy)(p, out / p.name)
+    skip = {s: {"skip": True} for s in ("tweakreg", "skymatch", "outlier_detection", "resample")}
+    with caplog.at_level(logging.WARNING, logger="image3_dask"):
+        products = Ours.call(quirky["sim"].asn_path, output_dir=out, client=client,
+                             progress=False, steps={**skip, "source_catalog": refs})
+    assert "APCORR data missing for MIRI F770W GENERIC" in caplog.text
+    assert "Source catalog will not be created" in caplog.text
+    assert not list(out.glob("*_cat.ecsv")) and not products.get("cat")

@@ -50,7 +50,7 @@ from image3_dask.algorithms.catalog import (
     join_tile_labels,
     measurement_margin,
 )
-from image3_dask.algorithms.catalog.refdata import FALLBACK_APERTURE_PARAMS
+from image3_dask.algorithms.catalog.refdata import FALLBACK_APERTURE_PARAMS, validate_aperture_ee
 from image3_dask.algorithms.tiles import Tile, plan_tiles
 from image3_dask.errors import ConfigError, InputError, StepNotAvailableError
 from image3_dask.graph.catalog_tasks import (
@@ -83,6 +83,7 @@ __all__ = [
     "BYTES_PER_PIXEL",
     "MosaicInfo",
     "RefData",
+    "ReferenceDataMismatch",
     "catalog_params",
     "catalog_tile_shape",
     "choose_catalog_mode",
@@ -141,6 +142,14 @@ def _extra_meta(cfg: dict) -> dict[str, Any]:
     }
 
 
+class ReferenceDataMismatch(InputError):
+    """A reference file has no row (or several) for the mosaic's configuration.
+
+    jwst's ``ReferenceData`` raises ``RuntimeError`` then, and its step warns and makes no
+    catalog; the step here does the same (:func:`submit`).
+    """
+
+
 def resolve_refdata(cfg: dict, meta, references: References | None = None) -> RefData:
     """Aperture corrections and AB-Vega offset of the mosaic, from the run's reference files.
 
@@ -169,7 +178,10 @@ def resolve_refdata(cfg: dict, meta, references: References | None = None) -> Re
     Raises
     ------
     InputError
-        When a reference file is unreadable or has no row for the mosaic's configuration.
+        When a reference file is unreadable.
+    ReferenceDataMismatch
+        When a reference file has no single row for the mosaic's configuration (filter,
+        pupil, subarray, encircled energy).
     ConfigError
         When the aperture encircled energies are invalid.
     """
@@ -185,6 +197,10 @@ def resolve_refdata(cfg: dict, meta, references: References | None = None) -> Re
     detector = meta.meta.instrument.detector
     subarray = meta.meta.subarray.name
     ee = (int(cfg["aperture_ee1"]), int(cfg["aperture_ee2"]), int(cfg["aperture_ee3"]))
+    try:
+        validate_aperture_ee(ee)
+    except ValueError as exc:
+        raise ConfigError(f"source_catalog.aperture_ee: {exc}") from None
     ratio = meta.meta.resample.pixel_scale_ratio
     if ratio is None:
         log.warning(
@@ -209,7 +225,9 @@ def resolve_refdata(cfg: dict, meta, references: References | None = None) -> Re
                 aperture_ee=ee,
                 pixel_scale_ratio=ratio,
             )
-        except (ValueError, KeyError) as exc:
+        except ValueError as exc:
+            raise ReferenceDataMismatch(f"{path}: {what}: {exc}") from None
+        except KeyError as exc:
             raise InputError(f"{path}: {what}: {exc}") from None
         log.info("Using APCORR reference file: %s", path)
         sources.append(f"APCORR from {path} ({references.origin.get('apcorr')})")
@@ -241,7 +259,9 @@ def resolve_refdata(cfg: dict, meta, references: References | None = None) -> Re
             offset = abvega_offset_from_table(
                 table, instrument=inst, filter_name=filt, pupil=pupil, detector=detector
             )
-        except (ValueError, KeyError) as exc:
+        except ValueError as exc:
+            raise ReferenceDataMismatch(f"{path}: {what}: {exc}") from None
+        except KeyError as exc:
             raise InputError(f"{path}: {what}: {exc}") from None
         log.info("Using ABVEGAOFFSET reference file: %s", path)
         sources.append(f"ABVEGAOFFSET from {path} ({references.origin.get('abvegaoffset')})")
@@ -621,7 +641,11 @@ def submit(ctx, data: StepData) -> StepData:
     for msg in references.lookup_failed.values():
         log.warning("%s Source catalog will not be created.", msg)
         return data
-    refdata = resolve_refdata(cfg, meta, references)
+    try:
+        refdata = resolve_refdata(cfg, meta, references)
+    except ReferenceDataMismatch as exc:  # jwst: a warning and no catalog, the run goes on
+        log.warning("%s Source catalog will not be created.", exc)
+        return data
     log.info("source_catalog: %s", refdata.source)
     if refdata.uncorrected:
         ctx.products["photometry"] = "UNCORRECTED: " + "; ".join(refdata.uncorrected)

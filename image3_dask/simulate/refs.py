@@ -31,6 +31,7 @@ def write_reference_files(instrument: str, folder: str | os.PathLike) -> tuple[P
     import stdatamodels.jwst.datamodels as dm
 
     from image3_dask.algorithms.catalog.refdata import SIMULATED_DEFAULTS, apcorr_table_from_psf
+    from image3_dask.simulate.quirks import NAMED_SUBARRAYS
 
     inst = get_instrument(instrument)
     folder = Path(folder)
@@ -46,8 +47,10 @@ def write_reference_files(instrument: str, folder: str | os.PathLike) -> tuple[P
         model = dm.NrcImgApcorrModel()
         dtype = [("filter", "S12"), ("pupil", "S15")]
     rows = []
-    # MIRI tables are selected by subarray: full frames are FULL, cropped simulations GENERIC
-    for sub in ("FULL", "GENERIC") if key == "MIRI" else (None,):
+    # MIRI tables are selected by subarray: full frames are FULL, cropped simulations GENERIC;
+    # like the real MIRI APCORR files, rows for the imager's named subarrays too
+    subarrays = ("FULL", "GENERIC", *NAMED_SUBARRAYS["MIRI"]) if key == "MIRI" else (None,)
+    for sub in subarrays:
         if sub:
             selectors["subarray"] = sub
         tab = apcorr_table_from_psf(
