@@ -70,7 +70,7 @@ def cmd_status(args) -> int:
         read_job_files,
     )
 
-    if args.interval <= 0:
+    if not args.interval > 0:  # also nan
         raise ConfigError(f"--interval {args.interval}: give a positive number of seconds")
     if args.wait and not args.job:
         raise ConfigError("--wait needs a JOB")
