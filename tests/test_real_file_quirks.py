@@ -174,46 +174,66 @@ def _relative_rms(resid: list[np.ndarray]) -> float:
     return float(np.sqrt(np.nanmean((r**2).sum(-1))))
 
 
-def test_named_subarray_wcs_is_assign_wcs_one(tmp_path):
-    """MIRI SUB256: meta.subarray and the gwcs jwst's assign_wcs builds from the full frame."""
+@pytest.mark.parametrize(
+    "instrument, name, start, size, aperture",
+    [("miri", "SUB256", (413, 51), 256, "MIRIM_SUB256"),
+     ("nircam", "SUB160P", (1889, 1889), 160, "NRCA1_SUB160P")],
+)
+def test_named_subarray_wcs_is_assign_wcs_one(tmp_path, instrument, name, start, size, aperture):
+    """A named subarray: meta.subarray and the gwcs jwst's assign_wcs builds from the full
+    frame; NIRCam's corner subarray holds the detector's reference pixels on two sides."""
     pytest.importorskip("jwst")
     from astropy.modeling import bind_bounding_box
     from jwst.assign_wcs.util import bounding_box_from_subarray, subarray_transform
     from stdatamodels.jwst import datamodels
+    from stdatamodels.jwst.datamodels import dqflags
 
     from image3_dask.simulate import get_instrument
     from image3_dask.simulate.wcs import distortion_model, make_wcs, v23tosky
 
     sim = simulate(
-        "miri", n=1, out_dir=tmp_path, seed=2, subarray="SUB256", n_stars=20, n_galaxies=0
+        instrument, n=1, out_dir=tmp_path, seed=2, subarray=name, n_stars=20, n_galaxies=0
     )
-    inst = get_instrument("miri")
-    det = inst.detectors["MIRIMAGE"]
-    coeffs = sim.truth.detectors["MIRIMAGE"]["distortion"]
+    inst = get_instrument(instrument)
+    e = sim.truth.exposures[0]
+    det = inst.detectors[e.detector]
+    coeffs = sim.truth.detectors[e.detector]["distortion"]
+    x0, y0 = start[0] - 1, start[1] - 1
     with datamodels.open(sim.cal_paths[0]) as m:
         sub = m.meta.subarray
         assert (sub.name, sub.xstart, sub.ystart, sub.xsize, sub.ysize) == (
-            "SUB256", 413, 51, 256, 256)
-        assert m.data.shape == (256, 256) and m.meta.aperture.name == "MIRIM_SUB256"
+            name, *start, size, size)
+        assert m.data.shape == (size, size) and m.meta.aperture.name == aperture
         # jwst's construction: subarray shift | full-frame distortion, subarray bounding box
         dist = subarray_transform(m) | distortion_model(inst, det, inst.shape, coeffs)
         bind_bounding_box(dist, bounding_box_from_subarray(m, order="F"), order="F")
         wi = m.meta.wcsinfo
         att = (wi.v2_ref, wi.v3_ref, wi.roll_ref, wi.ra_ref, wi.dec_ref)
         sky = v23tosky(att)
-        y, x = np.mgrid[-0.5:256:17.0, -0.5:256:17.0]
+        y, x = np.mgrid[-0.5:size:17.0, -0.5:size:17.0]
         ra, dec = m.meta.wcs(x, y)
         ra2, dec2 = sky(*dist(x, y))
         np.testing.assert_allclose(ra, ra2, rtol=0, atol=1e-12)
         np.testing.assert_allclose(dec, dec2, rtol=0, atol=1e-12)
-        assert m.meta.wcs.bounding_box.bounding_box(order="F") == ((-0.5, 255.5), (-0.5, 255.5))
-        assert np.isnan(m.meta.wcs(-1.0, 100.0)[0])  # outside the subarray
-        # the same sky as the full-frame detector's pixel (x + 412, y + 50)
+        edge = size - 0.5
+        assert m.meta.wcs.bounding_box.bounding_box(order="F") == ((-0.5, edge), (-0.5, edge))
+        assert np.isnan(m.meta.wcs(-1.0, 10.0)[0])  # outside the subarray
+        # the same sky as the full-frame detector's pixel (x + xstart - 1, y + ystart - 1)
         full = make_wcs(inst, det, inst.shape, att, coeffs)
-        np.testing.assert_allclose(full(x + 412, y + 50)[1], dec, atol=1e-12)
+        np.testing.assert_allclose(full(x + x0, y + y0)[1], dec, atol=1e-12)
         # meta.wcsinfo is referred to the subarray's centre, as SIAF subarray apertures are
-        assert (wi.crpix1, wi.crpix2) == (128.5, 128.5)
-        assert np.allclose(dist(127.5, 127.5), (wi.v2_ref, wi.v3_ref), atol=1e-9)
+        c = (size - 1) / 2.0
+        assert (wi.crpix1, wi.crpix2) == (c + 1, c + 1)
+        assert np.allclose(dist(c, c), (wi.v2_ref, wi.v3_ref), atol=1e-9)
+        # reference pixels: those of the full detector that fall in the subarray
+        ref = (m.dq & dqflags.pixel["REFERENCE_PIXEL"]) > 0
+        yy, xx = np.mgrid[0:size, 0:size]
+        ny, nx = inst.shape
+        c_, r_ = inst.ref_columns, inst.ref_rows
+        expect = (xx + x0 < c_) | (xx + x0 >= nx - c_) | (yy + y0 < r_) | (yy + y0 >= ny - r_)
+        assert np.array_equal(ref, expect)
+        assert np.isnan(m.data[ref]).all() and ((m.dq[ref] & 1) > 0).all()
+        assert ref.any() == (instrument == "nircam")
 
 
 @pytest.fixture(scope="module")

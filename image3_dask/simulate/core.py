@@ -285,7 +285,7 @@ def simulate(
     subarray : str, dict or sequence, optional
         Write subarray exposures (see :func:`image3_dask.simulate.quirks.resolve_subarrays`):
         a named subarray (MIRI ``SUB256``, ``BRIGHTSKY``, ``SUB128``, ``SUB64``; NIRCam
-        ``SUB400P``, ``SUB160P``, ``SUB640``; the detector array must be the full frame), a
+        ``SUB400P``, ``SUB160P``, ``SUB64P``; the detector array must be the full frame), a
         dict ``{"xstart", "ystart", "xsize", "ysize"[, "name"]}`` (1-based, within ``shape``),
         or one of those (or ``None`` for the whole array) per exposure, which mixes full-frame
         and subarray members. The file gets ``meta.subarray``, a SCI array of the subarray's

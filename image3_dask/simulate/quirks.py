@@ -7,7 +7,8 @@ here describe them for :func:`image3_dask.simulate.simulate`:
 - :class:`Subarray` and :func:`resolve_subarrays`: ``meta.subarray`` (1-based ``xstart``,
   ``ystart`` in the detector's science frame) and the subarray's place in the simulated detector
   array. Named subarrays are approximations of the SIAF apertures (MIRI ``SUB256``,
-  ``BRIGHTSKY``, ``SUB128``, ``SUB64``; NIRCam ``SUB400P``, ``SUB160P``, ``SUB640``).
+  ``BRIGHTSKY``, ``SUB128``, ``SUB64``; NIRCam ``SUB400P``, ``SUB160P``, ``SUB64P``, which real
+  programs use on NRCB1).
 - :func:`image2_dq`: saturated star cores, jump-flagged, low-QE, unflat-fielded and other bad
   pixels, a ``NON_SCIENCE`` block, with NaN in SCI/ERR/VAR wherever ``DO_NOT_USE`` is set (as
   jwst's ``calwebb_image2`` writes since jwst 1.13).
@@ -42,10 +43,12 @@ NAMED_SUBARRAYS: dict[str, dict[str, tuple[int, int, int, int]]] = {
         "SUB128": (1, 889, 136, 128),
         "SUB64": (1, 779, 72, 64),
     },
+    # the point-source subarrays, in the corner of NRCB1 far from the detector's readout
+    # origin (e.g. SUB64P: xstart = ystart = 1985 in real NRCB1 files)
     "NIRCAM": {
-        "SUB400P": (1, 1, 400, 400),
-        "SUB160P": (1, 1, 160, 160),
-        "SUB640": (1, 1, 640, 640),
+        "SUB400P": (1649, 1649, 400, 400),
+        "SUB160P": (1889, 1889, 160, 160),
+        "SUB64P": (1985, 1985, 64, 64),
     },
 }
 
