@@ -8,7 +8,7 @@ BIN = $(VENV)/bin
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,jwst,cluster,bench]"
+	$(BIN)/python -m pip install -q -e ".[test,jwst,cluster,bench,cloud]"
 	touch $@
 
 install: $(VENV)/.installed
