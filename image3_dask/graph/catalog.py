@@ -76,6 +76,7 @@ from image3_dask.io.catalog_products import (
 )
 from image3_dask.io.crds_refs import References, resolve_references
 from image3_dask.io.mosaic_store import MosaicStore
+from image3_dask.io.storage import location
 
 log = logging.getLogger("image3_dask")
 
@@ -629,7 +630,7 @@ def submit(ctx, data: StepData) -> StepData:
     )
     if mosaic is None:
         store = store if _store_usable(store, shape) else None
-    info = MosaicInfo(Path(i2d), store, shape, float(area), ref_pix, meta.meta.wcs)
+    info = MosaicInfo(location(i2d), store, shape, float(area), ref_pix, meta.meta.wcs)
     params = catalog_params(cfg)
     references = ctx.shared.get("references")
     if references is None:  # the step run on its own: resolved here, once

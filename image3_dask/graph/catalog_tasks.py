@@ -134,13 +134,13 @@ def frame_task(
     astropy.table.QTable
         The catalog (empty when nothing is detected).
     """
-    from astropy.io import fits
+    from image3_dask.io.storage import open_fits
 
     if info.store is not None:
         store = MosaicStore(info.store)
         sci, err, wht = (np.asarray(store.read(p), dtype=np.float32) for p in ("sci", "err", "wht"))
     else:
-        with fits.open(info.i2d, memmap=False) as hdul:
+        with open_fits(info.i2d, memmap=False) as hdul:
             sci = np.asarray(hdul["SCI"].data, dtype=np.float32)
             err = np.asarray(hdul["ERR"].data, dtype=np.float32)
             wht = np.asarray(hdul["WHT"].data, dtype=np.float32) if "WHT" in hdul else None

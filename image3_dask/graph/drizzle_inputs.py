@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from image3_dask.algorithms.drizzle_tile import DrizzleInput, build_weight
 from image3_dask.algorithms.outlier_flags import match_nans_and_flags
 from image3_dask.algorithms.pixmap import (
@@ -20,6 +18,7 @@ from image3_dask.algorithms.pixmap import (
 )
 from image3_dask.graph.plan import PixmapRef
 from image3_dask.io.exposures import ExposureInfo, read_pixels
+from image3_dask.io.work_files import load_npy
 
 __all__ = ["drizzle_inputs_for_region", "bbox_only", "time_for_weight"]
 
@@ -83,7 +82,7 @@ def drizzle_inputs_for_region(
     if read_err:
         arrays += ("err",)
     for info, ref in entries:
-        pm = np.load(ref.path, mmap_mode="r")
+        pm = load_npy(ref.path)
         found = pixmap_for_region(pm, y0, y1, x0, x1, halo)
         if found is None:
             continue

@@ -315,7 +315,9 @@ def _submit_resampled(
                 "outlier-threshold",
                 groups[gi][0],
                 group_threshold,
-                kwargs={"group": gi, "weights": futs, "maskpt": params.maskpt},
+                kwargs={
+                    "group": gi, "weights": futs, "maskpt": params.maskpt, "stats_dir": stats_dir
+                },
             )
             for gi, futs in reach.items()
         ]

@@ -11,9 +11,7 @@ store), and per exposure :func:`flag_exposure` (blot, flag, crf file). With
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import uuid
+import posixpath
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -37,6 +35,8 @@ from image3_dask.graph.plan import GridInfo, PixmapRef
 from image3_dask.io.crf import open_for_crf, write_crf
 from image3_dask.io.exposures import ExposureInfo, read_pixels
 from image3_dask.io.mosaic_store import MosaicStore
+from image3_dask.io.storage import Location, location, rmtree
+from image3_dask.io.work_files import load_npy, load_npz, save_npz
 
 log = logging.getLogger("image3_dask")
 
@@ -185,21 +185,17 @@ def _cached_singles(
         if not path.is_file():
             yield gi, None, None
             continue
-        with np.load(path) as z:
-            y0, y1, x0, x1 = (int(v) for v in z["box"])
-            sci = np.full(tile.shape, np.nan, np.float32)
-            wht = np.zeros(tile.shape, np.float32)
-            sci[y0:y1, x0:x1] = z["sci"]
-            wht[y0:y1, x0:x1] = z["wht"]
+        z = load_npz(path)
+        y0, y1, x0, x1 = (int(v) for v in z["box"])
+        sci = np.full(tile.shape, np.nan, np.float32)
+        wht = np.zeros(tile.shape, np.float32)
+        sci[y0:y1, x0:x1] = z["sci"]
+        wht[y0:y1, x0:x1] = z["wht"]
         yield gi, sci, wht
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
+    save_npz(path, arrays)
 
 
 def weights_tile(
@@ -228,7 +224,7 @@ def weights_tile(
     found = []
     tile_dir = None if cache_dir is None else cache_dir / tile.name
     if tile_dir is not None:
-        shutil.rmtree(tile_dir, ignore_errors=True)
+        rmtree(tile_dir)
     for gi, sci, wht in _drizzle_groups(tile, groups, grid, params):
         if wht is None:
             continue
@@ -246,7 +242,9 @@ def weights_tile(
     return {"tile": tile.name, "stats": str(stats_path), "groups": found}
 
 
-def group_threshold(group: int, weights: list[dict], maskpt: float) -> float:
+def group_threshold(
+    group: int, weights: list[dict], maskpt: float, stats_dir: Location | None = None
+) -> float:
     """Task: one group's weight threshold from its summaries over all tiles.
 
     Parameters
@@ -257,6 +255,8 @@ def group_threshold(group: int, weights: list[dict], maskpt: float) -> float:
         The results of :func:`weights_tile` for the tiles the group may reach.
     maskpt : float
         Step parameter ``maskpt``.
+    stats_dir : Path or RemotePath, optional
+        Folder of the summaries (default: the paths in ``weights``).
 
     Returns
     -------
@@ -268,8 +268,10 @@ def group_threshold(group: int, weights: list[dict], maskpt: float) -> float:
     for w in weights:
         if group not in w["groups"]:
             continue
-        with np.load(w["stats"]) as z:
-            stats.append(WeightStats(z[f"v{group}"], z[f"c{group}"]))
+        name = w["stats"]
+        # the folder of the summaries (it carries an object store's options; results hold names)
+        z = load_npz(location(name) if stats_dir is None else stats_dir / posixpath.basename(name))
+        stats.append(WeightStats(z[f"v{group}"], z[f"c{group}"]))
     return weight_threshold(combine_weight_stats(stats), maskpt)
 
 
@@ -355,7 +357,7 @@ def median_tile_task(
     del sci, wht
     MosaicStore(store_path).write_tile("median", tile.y0, tile.x0, med)
     if tile_dir is not None:
-        shutil.rmtree(tile_dir, ignore_errors=True)
+        rmtree(tile_dir)
     return {"tile": tile.name, "n_groups": int(used.sum()), "thresholds": computed}
 
 
@@ -448,7 +450,7 @@ def flag_exposure(
     dict
         ``name``, ``n_flagged`` (new outliers), ``crf`` (path).
     """
-    pm = np.load(ref.path, mmap_mode="r")
+    pm = load_npy(ref.path)
     bounds = blot_region_bounds(pm, grid_shape)
     if bounds is None:
         blot = np.full(info.shape, np.nan, np.float32)
@@ -558,11 +560,12 @@ def _intermediate_model(members: list[ExposureInfo], grid, drizzle_options: dict
     """ImageModel metadata of a single or of the median (from the group's first exposure)."""
     from stdatamodels.jwst import datamodels
 
+    from image3_dask.io.datamodel_files import open_datamodel
     from image3_dask.io.products import i2d_metadata
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with datamodels.open(members[0].source_path or members[0].path) as ref:
+        with open_datamodel(members[0].source_path or members[0].path) as ref:
             model = datamodels.ImageModel(None)
             model.update(ref)
     if grid is not None:

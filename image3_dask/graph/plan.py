@@ -32,7 +32,9 @@ from image3_dask.algorithms.tiles import (
 from image3_dask.graph.tasks import TaskSpec, with_wcs
 from image3_dask.io.exposures import ExposureInfo
 from image3_dask.io.mosaic_store import atomic_write_text, fingerprint
+from image3_dask.io.storage import stat_token
 from image3_dask.io.wcs_files import load_output_wcs
+from image3_dask.io.work_files import save_npy
 
 log = logging.getLogger("image3_dask")
 
@@ -133,8 +135,7 @@ def exposure_fingerprint(e: ExposureInfo) -> list:
         content: list = ["made-from", e.content_fp]
     else:
         try:
-            st = e.path.stat()
-            content = [str(e.path), st.st_size, st.st_mtime_ns]
+            content = [str(e.path), *stat_token(e.path)]
         except OSError:
             content = [str(e.path), None, None]
     return [
@@ -207,10 +208,7 @@ def _compute_pixmap(
                 err,
                 max_error,
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, pm)
-    tmp.replace(path)
+    save_npy(path, pm)
     return _bbox_of(pm)
 
 

@@ -303,9 +303,10 @@ def build_i2d_model(exposures: list[ExposureInfo], grid, params: ResampleParams,
     """
     from stdatamodels.jwst import datamodels
 
+    from image3_dask.io.datamodel_files import open_datamodel
     from image3_dask.io.products import i2d_metadata
 
-    with datamodels.open(exposures[0].source_path or exposures[0].path) as ref:
+    with open_datamodel(exposures[0].source_path or exposures[0].path) as ref:
         model = datamodels.ImageModel(None)
         model.update(ref)
     i2d_metadata(model, exposures, grid, asdict(params), asn)

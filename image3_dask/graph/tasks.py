@@ -148,11 +148,12 @@ def with_wcs(*, task: Callable[..., Any], info: Any, wcs: Any, **kwargs: Any) ->
 
 def _file_state(path: Path) -> list | None:
     """``[size, mtime_ns]`` of a file, ``None`` when it is missing."""
+    from image3_dask.io.storage import location, stat_token
+
     try:
-        st = Path(path).stat()
+        return stat_token(location(path))
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns]
 
 
 def _bar(label: str, done: int, total: int, t0: float, stream) -> None:

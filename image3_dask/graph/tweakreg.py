@@ -452,10 +452,12 @@ def _refcat(ctx, cfg: dict, exposures: list[ExposureInfo]) -> Table | None:
 
 def _epoch(path: Path) -> float | None:
     """Decimal year of an exposure's ``DATE-OBS`` (``meta.observation.date``), or None."""
-    from astropy.io import fits
     from astropy.time import Time
 
-    date = fits.getheader(path, 0).get("DATE-OBS")
+    from image3_dask.io.storage import open_fits
+
+    with open_fits(path) as hdul:
+        date = hdul[0].header.get("DATE-OBS")
     if not date:
         log.warning("%s: no DATE-OBS; the Gaia positions are not moved to the epoch", path)
         return None

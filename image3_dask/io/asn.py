@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from image3_dask.errors import InputError
+from image3_dask.io.storage import Location, RemotePath, is_url, location
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def _check_unique_names(members: list[Path], source: str | os.PathLike | None) -
     for m in members:
         key = exposure_name(m)
         first = seen.setdefault(key, m)
-        if first is not m and Path(first).resolve() != Path(m).resolve():
+        if first is not m and location(first).resolve() != location(m).resolve():
             clashes.append(f"{first} and {m} (both exposure {key!r})")
     if clashes:
         where = f"{source}: " if source is not None else ""
@@ -110,9 +111,9 @@ class Association:
         Root name of the products (``<product_name>_i2d.fits`` ...).
     asn_id : str
         Association id, used in per-exposure product names (``<exposure>_<asn_id>_crf.fits``).
-    members : list of Path
-        Absolute paths of the science members, in association order.
-    path : Path or None
+    members : list of Path or RemotePath
+        Absolute paths (or object-store URLs) of the science members, in association order.
+    path : Path, RemotePath or None
         The association file, when there is one.
     raw : dict
         The association as read.
@@ -120,8 +121,8 @@ class Association:
 
     product_name: str
     asn_id: str
-    members: list[Path]
-    path: Path | None = None
+    members: list[Location]
+    path: Location | None = None
     raw: dict = field(default_factory=dict)
 
 
@@ -190,13 +191,19 @@ def write_association(asn: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_association(path: str | os.PathLike) -> Association:
+def load_association(
+    path: str | os.PathLike | RemotePath, storage_options: dict | None = None
+) -> Association:
     """Read a level-3 imaging association.
 
     Parameters
     ----------
-    path : path-like
-        The association JSON file.
+    path : path-like or URL
+        The association JSON file, local or on an object store (``s3://bucket/asn.json``,
+        any fsspec URL); members are resolved relative to its folder, as jwst does.
+    storage_options : dict, optional
+        fsspec options (credentials, endpoint) for object-store URLs; never read from the
+        association itself.
 
     Returns
     -------
@@ -211,12 +218,15 @@ def load_association(path: str | os.PathLike) -> Association:
         (:func:`check_name`), or has two members of the same exposure name in different
         folders.
     """
-    path = Path(path)
+    path = location(path, storage_options)
     if not path.is_file():
         raise InputError(f"{path}: association file not found")
     try:
-        with open(path) as fh:
-            raw = json.load(fh)
+        if isinstance(path, RemotePath):
+            raw = json.loads(path.read_text())
+        else:
+            with open(path) as fh:
+                raw = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a valid association JSON file ({exc})") from None
     if (
@@ -260,6 +270,9 @@ def load_association(path: str | os.PathLike) -> Association:
         if exptype != "science":
             log.warning("%s: ignoring %s member %s", path, exptype, expname)
             continue
+        if is_url(expname):
+            members.append(location(expname, storage_options))
+            continue
         p = Path(expname)
         members.append(p if p.is_absolute() else base / p)
     if not members:
@@ -283,7 +296,9 @@ def load_association(path: str | os.PathLike) -> Association:
 
 
 def resolve_inputs(
-    inputs: str | os.PathLike | list[str | os.PathLike], product_name: str | None = None
+    inputs: str | os.PathLike | list[str | os.PathLike],
+    product_name: str | None = None,
+    storage_options: dict | None = None,
 ) -> Association:
     """Turn what a user passed (association, list of files, glob) into an :class:`Association`.
 
@@ -294,6 +309,8 @@ def resolve_inputs(
     product_name : str, optional
         Product name (default: the association's, or ``image3`` for exposures); it must be a
         plain name (:func:`check_name`).
+    storage_options : dict, optional
+        fsspec options for inputs given as object-store URLs.
 
     Raises
     ------
@@ -301,17 +318,27 @@ def resolve_inputs(
         As :func:`load_association`; also when ``product_name`` is not a plain name or two
         exposures given have the same name in different folders.
     """
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    items = [inputs] if isinstance(inputs, (str, os.PathLike, RemotePath)) else list(inputs)
     if len(items) == 1 and str(items[0]).endswith(".json"):
-        asn = load_association(items[0])
+        asn = load_association(items[0], storage_options)
         if product_name is not None:
             asn.product_name = check_name(product_name, "product name", items[0])
         return asn
     if product_name is not None:
         check_name(product_name, "product name")
-    files: list[Path] = []
+    files: list[Location] = []
     for item in items:
         s = str(item)
+        if isinstance(item, RemotePath) or is_url(s):
+            loc = location(item, storage_options)
+            if isinstance(loc, RemotePath) and any(c in loc.path for c in "*?["):
+                matched = list(loc.parent.glob(loc.name))
+                if not matched:
+                    raise InputError(f"{s}: no file matches this pattern")
+                files.extend(matched)
+            else:
+                files.append(loc)
+            continue
         if any(c in s for c in "*?["):
             matched = sorted(glob.glob(s))
             if not matched:

@@ -175,8 +175,15 @@ def write_catalog(catalog: Table, path: str | os.PathLike, catalog_format: str =
     """Write a source catalog (overwriting), as jwst's ``save_catalogs`` does."""
     if catalog_format not in CATALOG_FORMATS:
         raise InputError(f"catalog_format must be 'ecsv' or 'fits', not {catalog_format!r}")
-    path = Path(path)
-    Table(catalog).write(path, format=CATALOG_FORMATS[catalog_format], overwrite=True)
+    from image3_dask.io.atomic import atomic_output
+    from image3_dask.io.storage import RemotePath, location
+
+    path = location(path)
+    if not isinstance(path, RemotePath):
+        Table(catalog).write(path, format=CATALOG_FORMATS[catalog_format], overwrite=True)
+        return path
+    with atomic_output(path, f".{catalog_format}") as tmp:
+        Table(catalog).write(tmp, format=CATALOG_FORMATS[catalog_format], overwrite=True)
     return path
 
 

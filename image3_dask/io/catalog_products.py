@@ -31,6 +31,7 @@ from image3_dask.errors import InputError
 from image3_dask.io.atomic import atomic_output
 from image3_dask.io.i2d_writer import append_asdf_hdu, stream_image_hdu, template_headers
 from image3_dask.io.mosaic_store import MosaicStore, compressors
+from image3_dask.io.storage import Location, RemotePath, location, open_fits, zarr_store
 
 __all__ = [
     "SEGM_PLANE",
@@ -162,9 +163,11 @@ def read_i2d_meta(path: str | os.PathLike) -> tuple[Any, tuple[int, int]]:
     import asdf
     from stdatamodels.jwst import datamodels
 
-    path = Path(path)
+    from image3_dask.io.datamodel_files import open_datamodel
+
+    path = location(path)
     try:
-        with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
+        with open_fits(path, memmap=True, lazy_load_hdus=True) as hdul:
             sci = hdul["SCI"].header
             shape = (int(sci["NAXIS2"]), int(sci["NAXIS1"]))
             raw = hdul["ASDF"].data["ASDF_METADATA"][0].tobytes() if "ASDF" in hdul else None
@@ -182,7 +185,7 @@ def read_i2d_meta(path: str | os.PathLike) -> tuple[Any, tuple[int, int]]:
                 _ = model.meta.wcs  # resolved now, while the file is open
                 model = model.copy()
         except Exception:  # noqa: BLE001 - fall back to the full reader
-            with datamodels.open(path) as full:
+            with open_datamodel(path) as full:
                 model = datamodels.ImageModel()
                 model.update(full)
                 model.meta.wcs = full.meta.wcs
@@ -222,7 +225,7 @@ def segm_model_from_i2d(i2d_meta, filename: str):
     return model
 
 
-def write_catalog(catalog: QTable, out_path: str | os.PathLike) -> Path:
+def write_catalog(catalog: QTable, out_path: str | os.PathLike | RemotePath) -> Location:
     """Write the catalog as ECSV (jwst: ``catalog.write(path, format="ascii.ecsv")``).
 
     Parameters
@@ -237,7 +240,7 @@ def write_catalog(catalog: QTable, out_path: str | os.PathLike) -> Path:
     Path
         ``out_path``.
     """
-    out_path = Path(out_path)
+    out_path = location(out_path)
     with atomic_output(out_path, ".ecsv") as tmp:
         catalog.write(tmp, format="ascii.ecsv", overwrite=True)
     return out_path
@@ -263,7 +266,7 @@ def ensure_plane(
     dtype : str
         Data type.
     """
-    group = zarr.open_group(Path(store_path), mode="a")
+    group = zarr.open_group(zarr_store(location(store_path)), mode="a")
     if name in group:
         arr = group[name]
         if arr.shape == tuple(shape) and arr.chunks == tuple(chunks) and str(arr.dtype) == dtype:
@@ -283,10 +286,10 @@ def ensure_plane(
 def write_segm(
     model,
     store_path: str | os.PathLike,
-    out_path: str | os.PathLike,
+    out_path: str | os.PathLike | RemotePath,
     plane: str = SEGM_PLANE,
     rows_per_strip: int | None = None,
-) -> Path:
+) -> Location:
     """Write ``<product>_segm.fits`` from a segmentation plane, one strip of rows at a time.
 
     Parameters
@@ -307,11 +310,12 @@ def write_segm(
     Path
         ``out_path``.
     """
-    out_path = Path(out_path)
+    out_path = location(out_path)
     store = MosaicStore(store_path)
     shape = store.shape(plane)
     step = int(rows_per_strip or store.read_chunks(plane)[0])
-    headers, asdf_bytes = template_headers(model, ["data"], out_path.parent)
+    spool = None if isinstance(out_path, RemotePath) else out_path.parent
+    headers, asdf_bytes = template_headers(model, ["data"], spool)
 
     def read_rows(ys: slice) -> np.ndarray:
         strip = np.asarray(store.read(plane, ys))

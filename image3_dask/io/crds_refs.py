@@ -36,9 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from astropy.io import fits
-
 from image3_dask.errors import ConfigError
+from image3_dask.io.storage import location
 
 log = logging.getLogger("image3_dask")
 
@@ -142,8 +141,11 @@ def is_simulated(path: str | os.PathLike) -> bool:
     bool
         False for any file without the keyword (real data), or that cannot be read.
     """
+    from image3_dask.io.storage import open_fits
+
     try:
-        header = fits.getheader(path, 0)
+        with open_fits(location(path)) as hdul:
+            header = hdul[0].header
     except (OSError, ValueError):
         return False
     return header.get(SIMULATED_KEYWORD) is True
@@ -171,14 +173,13 @@ def dataset_parameters(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
     """
     import warnings
 
-    from stdatamodels.jwst import datamodels
-
     from image3_dask.errors import InputError
+    from image3_dask.io.datamodel_files import open_datamodel
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with datamodels.open(path) as model:
+            with open_datamodel(location(path)) as model:
                 return dict(model.get_crds_parameters()), str(model.crds_observatory)
     except Exception as exc:  # stdatamodels raises many types for unreadable files
         raise InputError(
@@ -509,7 +510,7 @@ def resolve_references(
     """
     from image3_dask.pipeline.step_specs import STEP_ORDER
 
-    members = [Path(m) for m in members]
+    members = [location(m) for m in members]
     refs = References(simulated=bool(members) and all(is_simulated(m) for m in members))
     if steps is None:
         steps = [s for s in STEP_ORDER if not config[s].skip]

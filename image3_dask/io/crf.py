@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from image3_dask.io.atomic import atomic_output
+from image3_dask.io.datamodel_files import open_datamodel
+from image3_dask.io.storage import Location, RemotePath, location
 
 __all__ = [
     "CRF_ARRAYS",
@@ -82,17 +84,15 @@ def _same_wcs(a, b, shape: tuple[int, int]) -> bool:
     return bool(np.array_equal(wa, wb))
 
 
-def open_for_crf(path: str | os.PathLike):
+def open_for_crf(path: str | os.PathLike | RemotePath):
     """Open an exposure's datamodel to be turned into its crf file.
 
     Assignments are not validated one by one: :func:`save_model_atomic` validates the whole
     model when the crf is written, and per-assignment validation re-resolves the schemas.
     """
-    from stdatamodels.jwst import datamodels
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return datamodels.open(path, validate_on_assignment=False)
+        return open_datamodel(location(path), validate_on_assignment=False)
 
 
 def update_crf_model(
@@ -153,7 +153,7 @@ def update_crf_model(
         model.meta.filename = filename
 
 
-def save_model_atomic(model, path: str | os.PathLike) -> Path:
+def save_model_atomic(model, path: str | os.PathLike | RemotePath) -> Location:
     """Save a datamodel as FITS under a temporary name, then rename it to ``path``.
 
     Parameters
@@ -168,7 +168,7 @@ def save_model_atomic(model, path: str | os.PathLike) -> Path:
     Path
         ``path``.
     """
-    path = Path(path)
+    path = location(path)
     with atomic_output(path, ".partial.fits") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.save(tmp, overwrite=True)
@@ -177,7 +177,7 @@ def save_model_atomic(model, path: str | os.PathLike) -> Path:
 
 def write_crf(
     source,
-    out_path: str | os.PathLike,
+    out_path: str | os.PathLike | RemotePath,
     *,
     arrays: Mapping[str, np.ndarray | None] | None = None,
     wcs=None,
@@ -205,8 +205,8 @@ def write_crf(
     Path
         ``out_path``.
     """
-    out_path = Path(out_path)
-    opened = isinstance(source, (str, os.PathLike))
+    out_path = location(out_path)
+    opened = isinstance(source, (str, os.PathLike, RemotePath))
     model = open_for_crf(source) if opened else source
     try:
         update_crf_model(

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.io import fits
 
 from image3_dask.errors import InputError
+from image3_dask.io.storage import Location, RemotePath, location, open_fits
 
 log = logging.getLogger(__name__)
 
@@ -191,13 +191,15 @@ def read_exposure_info(path: str | os.PathLike, index: int = 0) -> ExposureInfo:
     """
     from stdatamodels.jwst import datamodels
 
-    path = Path(path)
+    from image3_dask.io.datamodel_files import open_datamodel
+
+    path = location(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = datamodels.open(path)
+            model = open_datamodel(path)
     except Exception as exc:  # stdatamodels raises many types for unreadable files
         raise InputError(
             f"{path}: cannot be opened as a JWST datamodel ({type(exc).__name__}: {exc})"
@@ -222,7 +224,7 @@ def read_exposure_info(path: str | os.PathLike, index: int = 0) -> ExposureInfo:
                 f"{path}: SCI units are {bunit or 'not set'}; calibrated exposures in surface "
                 "brightness (MJy/sr) are expected (run photom in calwebb_image2)"
             )
-        with fits.open(path, memmap=True) as hdul:
+        with open_fits(path, memmap=True) as hdul:
             if "SCI" not in hdul:
                 raise InputError(f"{path}: has no SCI extension")
             hdr = hdul["SCI"].header
@@ -285,7 +287,7 @@ def read_exposure_info(path: str | os.PathLike, index: int = 0) -> ExposureInfo:
         model.close()
 
 
-def precheck_files(paths: list[Path]) -> None:
+def precheck_files(paths: list[Location]) -> None:
     """Cheap checks of every member before a cluster is started: exists, is FITS, has SCI.
 
     Reads only the FITS headers (milliseconds per file); the full validation of each exposure
@@ -298,12 +300,12 @@ def precheck_files(paths: list[Path]) -> None:
     """
     problems = []
     for p in paths:
-        p = Path(p)
+        p = location(p)
         if not p.is_file():
             problems.append(f"{p}: file not found")
             continue
         try:
-            with fits.open(p, memmap=False, lazy_load_hdus=True) as hdul:
+            with open_fits(p, memmap=False, lazy_load_hdus=True) as hdul:
                 if "SCI" not in hdul:
                     problems.append(f"{p}: has no SCI extension; not a calibrated JWST exposure")
         except (OSError, ValueError) as exc:
@@ -348,12 +350,12 @@ def read_exposures(
     seen: dict[Path, int] = {}
     todo: list[tuple[Path, int]] = []
     for i, p in enumerate(paths):
-        rp = Path(p).resolve()
+        rp = location(p).resolve()
         if rp in seen:
             problems.append(f"{p}: listed twice in the association (members {seen[rp]} and {i})")
             continue
         seen[rp] = i
-        todo.append((Path(p), len(todo)))
+        todo.append((location(p), len(todo)))
     if mapper is None:
         results = [try_read_exposure_info(p, i) for p, i in todo]
     else:
@@ -376,7 +378,7 @@ def read_exposures(
 
 
 def read_pixels(
-    path: str | os.PathLike,
+    path: str | os.PathLike | RemotePath,
     arrays: tuple[str, ...] = ("data", "dq", "err", "var_poisson", "var_rnoise", "var_flat"),
     region: tuple[slice, slice] | None = None,
 ) -> ExposurePixels:
@@ -384,8 +386,9 @@ def read_pixels(
 
     Parameters
     ----------
-    path : path-like
-        The exposure file.
+    path : path-like or RemotePath
+        The exposure file; on an object store only the headers and the rows of the region
+        are read (ranged reads).
     arrays : tuple of str
         Datamodel attribute names to read (``data`` is always read); missing variance
         extensions are returned as ``None``.
@@ -397,7 +400,7 @@ def read_pixels(
     try:
         # Sections read only the rows of the region from disk (no memory map: scaled integer
         # extensions such as DQ with BZERO cannot be memory-mapped).
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        with open_fits(location(path), memmap=False, lazy_load_hdus=True) as hdul:
             for name in ("data", *[a for a in arrays if a != "data"]):
                 ext = PIXEL_EXTENSIONS[name]
                 if ext not in hdul:

@@ -255,6 +255,9 @@ def fetch_gaia_catalog(
     ref.meta["query"] = query
     log.info("tweakreg: %d %s sources around RA=%.6f Dec=%.6f", len(ref), name, ra, dec)
     if out_path is not None:
-        ref.write(out_path, format="ascii.ecsv", overwrite=True)
+        from image3_dask.io.atomic import atomic_output
+
+        with atomic_output(out_path, ".ecsv") as tmp:
+            ref.write(tmp, format="ascii.ecsv", overwrite=True)
         log.info("tweakreg: reference catalog written to %s", out_path)
     return ref

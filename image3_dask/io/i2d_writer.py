@@ -26,6 +26,7 @@ from astropy.io import fits
 
 from image3_dask.io.atomic import atomic_output
 from image3_dask.io.mosaic_store import MosaicStore
+from image3_dask.io.storage import Location, RemotePath, location
 
 __all__ = ["I2D_ARRAYS", "append_asdf_hdu", "stream_image_hdu", "template_headers", "write_i2d"]
 
@@ -45,7 +46,7 @@ I2D_ARRAYS = {
 STRIP_BYTES = 64 * 2**20
 
 
-def template_headers(model, arrays: list[str], workdir: Path):
+def template_headers(model, arrays: list[str], workdir: Path | None):
     """Save ``model`` with 1x1 arrays and return its HDU headers and ASDF tree."""
     for attr in arrays:
         shape = (1, 1, 1) if attr == "con" else (1, 1)
@@ -123,10 +124,10 @@ def append_asdf_hdu(path: Path, asdf_bytes: bytes) -> None:
 def write_i2d(
     store: MosaicStore,
     model,
-    out_path: str | os.PathLike,
+    out_path: str | os.PathLike | RemotePath,
     arrays: list[str] | None = None,
     rows_per_strip: int | None = None,
-) -> Path:
+) -> Location:
     """Write ``<product>_i2d.fits`` from the planes of a mosaic store.
 
     Parameters
@@ -135,8 +136,8 @@ def write_i2d(
         Store holding the finished planes.
     model : stdatamodels.jwst.datamodels.ImageModel
         Model holding the metadata of the product (its arrays are ignored and replaced).
-    out_path : path-like
-        Final file name.
+    out_path : path-like or RemotePath
+        Final file name (an object is written from a local spool file once complete).
     arrays : list of str, optional
         Datamodel attributes to write (default: those of :data:`I2D_ARRAYS` present in the store).
     rows_per_strip : int, optional
@@ -147,10 +148,11 @@ def write_i2d(
     Path
         ``out_path``, written atomically.
     """
-    out_path = Path(out_path)
+    out_path = location(out_path)
     if arrays is None:
         arrays = [a for a, (plane, _) in I2D_ARRAYS.items() if store.has(plane)]
-    headers, asdf_bytes = template_headers(model, arrays, out_path.parent)
+    spool = None if isinstance(out_path, RemotePath) else out_path.parent
+    headers, asdf_bytes = template_headers(model, arrays, spool)
     by_attr = {}
     schema_ext = {
         "data": "SCI",

@@ -21,11 +21,12 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+
+from image3_dask.io.storage import Location, RemotePath, location, zarr_store
 
 __all__ = ["MosaicStore", "PLANES", "compressors", "fingerprint", "atomic_write_text"]
 
@@ -55,8 +56,11 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file under a temporary name, then rename it into place."""
+def atomic_write_text(path: Location, text: str) -> None:
+    """Write a text file under a temporary name, then rename it into place (one PUT for objects)."""
+    if isinstance(path, RemotePath):
+        path.write_text(text)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
@@ -69,15 +73,15 @@ class MosaicStore:
 
     Parameters
     ----------
-    path : path-like
-        Folder of the Zarr store (``<product>_i2d.zarr``).
+    path : path-like or RemotePath
+        Folder of the Zarr store (``<product>_i2d.zarr``), local or on an object store.
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike | RemotePath):
+        self.path = location(path)
 
     @property
-    def manifest_dir(self) -> Path:
+    def manifest_dir(self) -> Location:
         """Folder of the manifest entries (one small JSON file per finished tile and stage)."""
         # beside the store, not inside: Zarr (and xarray) warn about foreign folders in a group
         return self.path.with_name(self.path.name + ".manifest")
@@ -95,7 +99,7 @@ class MosaicStore:
         An existing array of the same shape, chunks and dtype is kept, so that finished tiles
         survive for a resumed run; anything else is replaced.
         """
-        group = zarr.open_group(self.path, mode="a")
+        group = zarr.open_group(zarr_store(self.path), mode="a")
         for name in planes:
             dtype, fill = PLANES[name]
             if name == "con":
@@ -124,7 +128,7 @@ class MosaicStore:
 
     def write_tile(self, name: str, y0: int, x0: int, array: np.ndarray) -> None:
         """Write one tile of a plane at ``(y0, x0)``."""
-        arr = zarr.open_array(self.path / name, mode="r+")
+        arr = zarr.open_array(zarr_store(self.path / name), mode="r+")
         if array.ndim == 3:
             arr[:, y0 : y0 + array.shape[1], x0 : x0 + array.shape[2]] = array
         else:
@@ -138,18 +142,18 @@ class MosaicStore:
         plane: int | None = None,
     ) -> np.ndarray:
         """Read a region of a plane (all CON planes for ``con``, or only ``plane`` of them)."""
-        arr = zarr.open_array(self.path / name, mode="r")
+        arr = zarr.open_array(zarr_store(self.path / name, read_only=True), mode="r")
         if arr.ndim == 3:
             return arr[:, ys, xs] if plane is None else arr[plane, ys, xs]
         return arr[ys, xs]
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape of a plane."""
-        return tuple(zarr.open_array(self.path / name, mode="r").shape)
+        return tuple(zarr.open_array(zarr_store(self.path / name, True), mode="r").shape)
 
     def read_chunks(self, name: str) -> tuple[int, ...]:
         """Chunk shape of a plane (the tile shape)."""
-        return tuple(zarr.open_array(self.path / name, mode="r").chunks)
+        return tuple(zarr.open_array(zarr_store(self.path / name, True), mode="r").chunks)
 
     def has(self, name: str) -> bool:
         """Whether the store holds a plane."""
@@ -158,10 +162,10 @@ class MosaicStore:
     @property
     def attrs(self) -> dict:
         """The group's attributes."""
-        return dict(zarr.open_group(self.path, mode="r").attrs)
+        return dict(zarr.open_group(zarr_store(self.path, True), mode="r").attrs)
 
     # -- manifest ---------------------------------------------------------------------------
-    def _entry(self, stage: str, key: str) -> Path:
+    def _entry(self, stage: str, key: str) -> Location:
         return self.manifest_dir / stage / f"{key}.json"
 
     def mark_done(self, stage: str, key: str, fp: str, info: dict | None = None) -> None:
@@ -191,4 +195,4 @@ class MosaicStore:
         """Open the store lazily as an :class:`xarray.Dataset` (dask-backed)."""
         import xarray as xr
 
-        return xr.open_zarr(self.path, consolidated=False)
+        return xr.open_zarr(zarr_store(self.path, True), consolidated=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from image3_dask.errors import InputError
+from image3_dask.io.storage import Location, RemotePath, check_remote_folder, location, open_fits
 
 log = logging.getLogger("image3_dask")
 
@@ -41,17 +42,21 @@ WCSINFO_KEYWORDS = {
 class MemberHeaders:
     """What the headers of one member tell before the cluster starts."""
 
-    path: Path
+    path: Location
     shared: dict[str, Any] = field(default_factory=dict)
     s_region: str | None = None
     wcsinfo: dict[str, float] = field(default_factory=dict)
     pixel_area_arcsec2: float | None = None
 
 
-def check_output_dir(output_dir: str | os.PathLike) -> Path:
+def check_output_dir(
+    output_dir: str | os.PathLike | RemotePath, storage_options: dict | None = None
+) -> Location:
     """The output folder, resolved; refuse one that is (or is inside) something not a folder.
 
-    Nothing is created here.
+    Nothing is created here. An object-store URL (``s3://bucket/out``) gives a
+    :class:`~image3_dask.io.storage.RemotePath` once its bucket is found readable
+    (:func:`~image3_dask.io.storage.check_remote_folder`).
 
     Raises
     ------
@@ -59,7 +64,10 @@ def check_output_dir(output_dir: str | os.PathLike) -> Path:
         When ``output_dir`` or one of its parents exists and is not a directory, or the
         folder exists and cannot be written.
     """
-    given = Path(output_dir)
+    given = location(output_dir, storage_options)
+    if isinstance(given, RemotePath):
+        check_remote_folder(given, "output folder")
+        return given
     path = given.resolve()
     for p in (path, *path.parents):
         if p.exists():
@@ -75,15 +83,16 @@ def check_output_dir(output_dir: str | os.PathLike) -> Path:
     return path
 
 
-def _read_headers(path: Path) -> tuple[MemberHeaders | None, str | None]:
-    from astropy.io import fits
-
-    if not path.is_file():
-        return None, f"{path}: file not found"
+def _read_headers(path: Location) -> tuple[MemberHeaders | None, str | None]:
+    try:
+        if not path.is_file():
+            return None, f"{path}: file not found"
+    except InputError as exc:  # an object store that cannot be reached
+        return None, str(exc)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+            with open_fits(path, memmap=False, lazy_load_hdus=False) as hdul:
                 names = [h.name for h in hdul]
                 primary = hdul[0].header
                 sci = hdul["SCI"].header if "SCI" in names else None
@@ -117,7 +126,7 @@ def _read_headers(path: Path) -> tuple[MemberHeaders | None, str | None]:
     return info, None
 
 
-def precheck_members(paths: list[Path]) -> list[MemberHeaders]:
+def precheck_members(paths: list[Location]) -> list[MemberHeaders]:
     """Check every member from its FITS headers, before a cluster is started.
 
     Reads only headers (milliseconds per file); the full validation of each exposure
@@ -139,7 +148,7 @@ def precheck_members(paths: list[Path]) -> list[MemberHeaders]:
     seen: dict[Path, int] = {}
     found: list[MemberHeaders] = []
     for i, p in enumerate(paths):
-        p = Path(p)
+        p = location(p)
         rp = p.resolve()
         if rp in seen:
             problems.append(

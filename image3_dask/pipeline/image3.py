@@ -6,7 +6,6 @@ import copy
 import importlib
 import logging
 import os
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -19,6 +18,7 @@ from image3_dask.io.asn import resolve_inputs
 from image3_dask.io.crds_refs import resolve_references
 from image3_dask.io.exposures import read_exposures, try_read_exposure_info
 from image3_dask.io.precheck import check_output_dir, precheck_grid, precheck_members
+from image3_dask.io.storage import is_url, location, rmtree
 from image3_dask.pipeline.cluster import check_memory_limit, connect
 from image3_dask.pipeline.config import PipelineConfig
 from image3_dask.pipeline.context import RunContext, exposure_product_name
@@ -152,6 +152,7 @@ class Image3Pipeline:
         mosaic_page: int | None = None,
         disable_crds_steppars: bool | None = None,
         references=None,
+        storage_options: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Validate the inputs, then run the steps in order on the cluster.
 
@@ -172,6 +173,11 @@ class Image3Pipeline:
             Serve a live picture of the run's tiles on ``http://127.0.0.1:<port>/`` (0: a free
             port; its address is logged next to the dashboard's) while the run lasts; see
             :mod:`image3_dask.service.mosaic_page`. `None` (default): no page.
+        storage_options : dict, optional
+            fsspec options (credentials, ``endpoint_url``...) for inputs and ``output_dir``
+            given as object-store URLs (``s3://bucket/asn.json``); without them the store's
+            client finds credentials where it looks (``AWS_*`` variables, profiles). They
+            travel with the paths to the workers and are never logged.
 
         Other keyword arguments are described in :meth:`call`'s ``run_kwargs``.
 
@@ -182,11 +188,11 @@ class Image3Pipeline:
         """
         # Everything that needs no cluster is checked before one starts; nothing is written.
         self.config.check()
-        asn = resolve_inputs(inputs, product_name)
+        asn = resolve_inputs(inputs, product_name, storage_options)
         for step in STEP_ORDER:
             if not self.config[step].skip:
                 _step_module(step)  # fail before any work when a step is unavailable
-        output_dir = check_output_dir(output_dir)
+        output_dir = check_output_dir(output_dir, storage_options)
         members = precheck_members(asn.members)  # missing, twice, truncated, mixed filters...
         if not (self.config["resample"].skip and self.config["outlier_detection"].skip):
             precheck_grid(members, dict(self.config["resample"]))  # max_output_pixels
@@ -289,7 +295,7 @@ class Image3Pipeline:
                 ctx.cancel_pending()
                 raise
             if not keep_work and work_dir.exists():
-                shutil.rmtree(work_dir, ignore_errors=True)
+                rmtree(work_dir)
         if ctx.products.get("photometry"):
             log.warning("Catalog photometry: %s", ctx.products["photometry"])
         ctx.products["timings"] = timings
@@ -388,6 +394,7 @@ RUN_KEYWORDS = (
     "keep_work",
     "mosaic_page",
     "disable_crds_steppars",
+    "storage_options",
 )
 #: stpipe's parameters of a pipeline, accepted by ``call`` at the values jwst uses.
 STPIPE_KEYWORDS = (
@@ -499,9 +506,9 @@ def jwst_call_arguments(
     if options.save_results:
         config.update({s: {"save_results": True} for s in _SAVED_BY_PIPELINE})
     check_runnable(config)
-    if options.input_dir and isinstance(inputs, (str, os.PathLike)):
+    if options.input_dir and isinstance(inputs, (str, os.PathLike)) and not is_url(inputs):
         if not Path(inputs).is_absolute():
-            inputs = Path(options.input_dir) / inputs
+            inputs = location(options.input_dir) / os.fspath(inputs)
     run_kwargs = dict(kwargs)
     run_kwargs["inputs"] = inputs
     run_kwargs["output_dir"] = options.output_dir or "."

@@ -5,6 +5,10 @@ there that another run could also write (the ``_crf`` files: their names come fr
 and the association id, not the product). Each lock file holds ``<host> <pid> <product>``; the
 lock of a run that died on this host is taken over, that of a live run (or of another host) is
 an error naming both.
+
+On an object store the lock objects are created by a conditional write (S3's ``If-None-Match:
+*``, :func:`image3_dask.io.storage.create_exclusive`): of two runs creating the same lock, the
+store lets exactly one succeed. Stores without conditional writes get check-then-write.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable
-from pathlib import Path
 
 from image3_dask.errors import Image3Error
+from image3_dask.io.storage import Location, RemotePath, create_exclusive, location
 
 __all__ = ["OutputLock", "OutputLockedError", "check_free", "lock_path", "pid_alive", "release_locks_of"]
 
@@ -26,7 +30,7 @@ class OutputLockedError(Image3Error):
     """Another run is writing the same product (or one of the same files) in the same folder."""
 
 
-def lock_path(output_dir: Path, name: str) -> Path:
+def lock_path(output_dir: Location, name: str) -> Location:
     """The lock file of ``name`` (a product root or a file name) in ``output_dir``."""
     return output_dir / f".{name}.image3-dask.lock"
 
@@ -47,8 +51,8 @@ class OutputLock:
 
     Parameters
     ----------
-    output_dir : Path
-        The output folder.
+    output_dir : Path or RemotePath
+        The output folder (local, or on an object store).
     product : str
         The product root name (``<product>_i2d.fits``, ...).
     files : iterable of str
@@ -62,11 +66,11 @@ class OutputLock:
         locked then.
     """
 
-    def __init__(self, output_dir: Path, product: str, files: Iterable[str] = ()):
-        self.output_dir = Path(output_dir)
+    def __init__(self, output_dir: Location | str, product: str, files: Iterable[str] = ()):
+        self.output_dir = location(output_dir)
         self.product = product
         self.names = [product, *sorted(set(files))]
-        self._held: list[Path] = []
+        self._held: list[Location] = []
 
     def __enter__(self) -> OutputLock:
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +95,11 @@ class OutputLock:
         me = f"{socket.gethostname()} {os.getpid()} {self.product}"
         for _ in range(2):
             try:
+                if isinstance(path, RemotePath):
+                    if not create_exclusive(path, me):
+                        raise FileExistsError(str(path))
+                    self._held.append(path)
+                    return
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, LOCK_MODE)
             except FileExistsError:
                 holder = _read(path)
@@ -114,7 +123,7 @@ class OutputLock:
         raise OutputLockedError(f"cannot lock {path}")
 
 
-def check_free(output_dir: Path, product: str) -> None:
+def check_free(output_dir: Location, product: str) -> None:
     """Raise :class:`OutputLockedError` when a live run holds ``product`` in ``output_dir``.
 
     For a client about to hand a run to a cluster: the run itself takes the lock.
@@ -133,21 +142,21 @@ def check_free(output_dir: Path, product: str) -> None:
     )
 
 
-def release_locks_of(output_dir: Path, host: str, pid: int | str) -> list[Path]:
+def release_locks_of(output_dir: Location, host: str, pid: int | str) -> list[Location]:
     """Remove the lock files in ``output_dir`` held by process ``pid`` of ``host``.
 
     For a process known to be dead on another host (a job's driver on a worker that died),
     which :class:`OutputLock` cannot take over by itself. Returns the removed files.
     """
     removed = []
-    for path in Path(output_dir).glob(".*.image3-dask.lock"):
+    for path in location(output_dir).glob(".*.image3-dask.lock"):
         if _read(path).split(" ")[:2] == [str(host), str(pid)]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
 
 
-def _read(path: Path) -> str:
+def _read(path: Location) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
