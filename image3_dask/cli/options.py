@@ -241,6 +241,30 @@ def output_path(args, default_name: str) -> Path:
     return folder / (args.output or default_name)
 
 
+def storage_options(args) -> dict | None:
+    """``--storage-options JSON`` as a dictionary (None when not given).
+
+    The value is never repeated in a message: it may hold credentials.
+    """
+    import json
+
+    text = getattr(args, "storage_options", None)
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"--storage-options: not valid JSON (line {exc.lineno}, column {exc.colno}: "
+            f"{exc.msg}); give an object such as '{{\"endpoint_url\": \"http://...\"}}'"
+        ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"--storage-options: a JSON object is expected, not a {type(value).__name__}"
+        )
+    return value
+
+
 def load_config(args):
     """The step parameters of ``run``/``submit``: defaults, ``--config``, ``--steps.*``.
 

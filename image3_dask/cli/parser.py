@@ -39,6 +39,17 @@ def _add_remote_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     return g
 
 
+def add_storage_options(p: argparse.ArgumentParser) -> None:
+    """``--storage-options JSON``: fsspec options for s3:// (gs://, az://...) inputs and outputs."""
+    p.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help="fsspec options for object-store URLs (s3://...), e.g. "
+        '\'{"endpoint_url": "http://127.0.0.1:9000", "anon": false}\'; credentials otherwise '
+        "come from AWS_* variables (AWS_ENDPOINT_URL...) and profiles; never logged",
+    )
+
+
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     _add_remote_args(p)
     g = p.add_argument_group("cluster started by image3-dask (when no --scheduler is given)")
@@ -106,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--product-name", help="product name when inputs are files rather than an association"
     )
     p.add_argument("--keep-work", action="store_true", help="keep the intermediate work folder")
+    add_storage_options(p)
     p.add_argument(
         "--disable-crds-steppars",
         action="store_true",
@@ -258,6 +270,7 @@ def _build_service_parsers(parser, sub) -> argparse.ArgumentParser:
         "--product-name", help="product name when inputs are files rather than an association"
     )
     p.add_argument("--keep-work", action="store_true", help="keep the intermediate work folder")
+    add_storage_options(p)
     p.add_argument("--job-id", help="job id (default: <product>-<8 hex digits>)")
     p.add_argument(
         "--driver-resource",

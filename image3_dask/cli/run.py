@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from image3_dask.cli.options import cluster_kwargs, load_config, strun_config
+from image3_dask.cli.options import cluster_kwargs, load_config, storage_options, strun_config
 from image3_dask.errors import ConfigError
 
 log = logging.getLogger("image3_dask")
@@ -55,6 +55,8 @@ def _execute(pipeline, args) -> dict:
         mosaic_page=None if args.no_mosaic_page else args.mosaic_page_port,
         disable_crds_steppars=getattr(args, "disable_crds_steppars", False) or None,
     )
+    if getattr(args, "storage_options", None):
+        kwargs["storage_options"] = storage_options(args)
     cluster = cluster_kwargs(args)
     remote = cluster["scheduler"] or cluster["scheduler_file"] or cluster["cluster"] != "local"
     # (run() logs the dashboard's address, once)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from image3_dask.cli.options import load_config, remote_client
+from image3_dask.cli.options import load_config, remote_client, storage_options
 from image3_dask.errors import ConfigError
 
 __all__ = ["cmd_cancel", "cmd_certs", "cmd_status", "cmd_submit"]
@@ -26,6 +26,7 @@ def cmd_submit(args) -> int:
             keep_work=args.keep_work,
             resources=resources,
             job_id=args.job_id,
+            storage_options=storage_options(args),
         )
         print(f"submitted job {rec['job']}: product {rec['product']} in {rec['output_dir']}")
         if not args.wait:

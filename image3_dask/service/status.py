@@ -22,11 +22,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from image3_dask.errors import Image3Error
 from image3_dask.io.mosaic_store import atomic_write_text
+from image3_dask.io.storage import Location, location
 
 __all__ = [
     "JOBS_KEY",
@@ -54,12 +54,16 @@ class JobNotFoundError(Image3Error):
     """No job of that id is known to the scheduler or the output folder."""
 
 
-def job_file(output_dir: str | os.PathLike, job_id: str) -> Path:
-    """Path of a job's record in its output folder."""
-    return Path(output_dir) / ".image3-dask-jobs" / f"{job_id}.json"
+def job_file(
+    output_dir: str | os.PathLike, job_id: str, storage_options: dict | None = None
+) -> Location:
+    """Path of a job's record in its output folder (local or on an object store)."""
+    return location(output_dir, storage_options) / ".image3-dask-jobs" / f"{job_id}.json"
 
 
-def publish(client, record: dict[str, Any], write_file: bool = True) -> None:
+def publish(
+    client, record: dict[str, Any], write_file: bool = True, storage_options: dict | None = None
+) -> None:
     """Store ``record`` on the scheduler (and in the output folder).
 
     Parameters
@@ -70,13 +74,16 @@ def publish(client, record: dict[str, Any], write_file: bool = True) -> None:
         The job record; ``job`` and ``output_dir`` are required.
     write_file : bool
         Also write ``<output_dir>/.image3-dask-jobs/<job>.json``.
+    storage_options : dict, optional
+        fsspec options when ``output_dir`` is on an object store.
     """
     record = dict(record, updated=time.time())
     if client is not None:
         client.set_metadata([JOBS_KEY, record["job"]], record)
     if write_file:
         atomic_write_text(
-            job_file(record["output_dir"], record["job"]), json.dumps(record, indent=1)
+            job_file(record["output_dir"], record["job"], storage_options),
+            json.dumps(record, indent=1),
         )
 
 
@@ -110,7 +117,7 @@ def read_job_files(output_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
     JobNotFoundError
         When the folder holds no job record.
     """
-    folder = Path(output_dir) / ".image3-dask-jobs"
+    folder = location(output_dir) / ".image3-dask-jobs"
     jobs = {}
     for p in sorted(folder.glob("*.json")):
         try:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from image3_dask.errors import ConfigError, Image3Error, StepNotAvailableError
+from image3_dask.io.storage import location
 from image3_dask.service.status import JOBS_KEY, TERMINAL, get_jobs, publish
 
 log = logging.getLogger("image3_dask")
@@ -49,7 +50,7 @@ def _check_free(client, output_dir: Path, product: str) -> None:
         if (
             rec.get("state") not in TERMINAL
             and rec.get("product") == product
-            and Path(rec.get("output_dir", "")) == output_dir
+            and str(rec.get("output_dir", "")) == str(output_dir)
         ):
             raise OutputLockedError(
                 f"{output_dir}: job {job_id} ({rec.get('state')}) is already writing product "
@@ -69,6 +70,7 @@ def submit_job(
     keep_work: bool = False,
     resources: dict[str, float] | None = None,
     job_id: str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Validate a run, hand it to the cluster as a fire-and-forget job, and return its record.
 
@@ -91,6 +93,9 @@ def submit_job(
         Worker resources the driver task needs (e.g. ``{"image3-driver": 1}``).
     job_id : str, optional
         Job id (default: ``<product>-<8 hex digits>``).
+    storage_options : dict, optional
+        fsspec options for inputs or ``output_dir`` on an object store (``s3://...``); they
+        travel in the job's task, never in its record.
 
     Returns
     -------
@@ -108,12 +113,13 @@ def submit_job(
     from image3_dask.io.asn import resolve_inputs
     from image3_dask.io.crds_refs import resolve_references
     from image3_dask.io.exposures import read_exposures
+    from image3_dask.io.precheck import check_output_dir
     from image3_dask.pipeline.config import PipelineConfig
     from image3_dask.pipeline.image3 import step_available
     from image3_dask.pipeline.step_specs import STEP_ORDER
 
     config = config or PipelineConfig()
-    asn = resolve_inputs(inputs, product_name)
+    asn = resolve_inputs(inputs, product_name, storage_options)
     steps = [s for s in STEP_ORDER if not config[s].skip]
     for step in steps:
         if not step_available(step):
@@ -125,7 +131,7 @@ def submit_job(
     # CRDS is asked here, once, by the submitting client (the driver task may not reach it)
     config = copy.deepcopy(config)
     references = resolve_references(asn.members, config)
-    output_dir = Path(output_dir).resolve()
+    output_dir = check_output_dir(output_dir, storage_options)
     if job_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", job_id):
         raise ConfigError(f"--job-id {job_id!r}: use letters, digits, '.', '_' and '-' only")
     job_id = job_id or f"{asn.product_name}-{uuid.uuid4().hex[:8]}"
@@ -150,10 +156,11 @@ def submit_job(
         "references": references,
         "product_name": asn.product_name if asn.path is None else product_name,
         "keep_work": keep_work,
+        "storage_options": storage_options,
     }
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        publish(client, record)
+        publish(client, record, storage_options=storage_options)
     except OSError as exc:
         raise ConfigError(f"{output_dir}: cannot write the job record ({exc.strerror})") from None
     fut = client.submit(
@@ -235,7 +242,7 @@ class _Driver:
         with self.lock:
             rec = dict(self.record)
         try:
-            publish(self.client, rec)
+            publish(self.client, rec, storage_options=self.spec.get("storage_options"))
         except Exception as exc:  # a record that cannot be written must not stop the run
             log.warning("job %s: cannot publish status: %s", rec["job"], exc)
 
@@ -289,7 +296,8 @@ class _Driver:
 
         if prev.get("state") == "running" and prev.get("host"):
             # left by this job's driver on a dead worker
-            release_locks_of(Path(prev["output_dir"]), prev["host"], prev["pid"])
+            out = location(prev["output_dir"], self.spec.get("storage_options"))
+            release_locks_of(out, prev["host"], prev["pid"])
 
     def run(self) -> dict[str, Any]:
         from image3_dask.pipeline.config import PipelineConfig
@@ -334,6 +342,7 @@ class _Driver:
                 progress=False,
                 keep_work=self.spec.get("keep_work", False),
                 references=self.spec.get("references"),
+                storage_options=self.spec.get("storage_options"),
             )
         except Image3Error as exc:
             return self._finish("failed", error=str(exc))
