@@ -1,8 +1,11 @@
-"""Deployment files: the Slurm job script dask-jobqueue generates, and that the compose and
-Kubernetes files hold valid image3-dask commands (no Docker engine or Slurm needed)."""
+"""Deployment files: the Slurm job script dask-jobqueue generates, that the compose and
+Kubernetes files hold valid image3-dask commands, and the Kubernetes manifests against the API
+schemas and the Dask operator's CRDs, offline (no Docker engine, Slurm or Kubernetes needed; the
+compose stack is run for real in tests/test_deploy_compose.py)."""
 
 from __future__ import annotations
 
+import functools
 import shlex
 import shutil
 import subprocess
@@ -144,6 +147,9 @@ def test_compose_file():
             for part in cmd[2].split("&&"):
                 parses_as_cli(shlex.split(part))
         assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+        # the base image is a build argument, Docker Hub's python:3.11-slim unless set
+        assert svc["build"]["args"]["BASE_IMAGE"] == "${BASE_IMAGE:-python:3.11-slim}"
+        assert svc["init"] is True  # an init as PID 1: `compose stop` is prompt
     assert services["worker"]["deploy"]["replicas"] >= 2
     assert "data:/data" in services["worker"]["volumes"]
     assert "data:/data" in services["submit"]["volumes"]
@@ -151,10 +157,31 @@ def test_compose_file():
 
 
 def test_dockerfile():
-    text = (ROOT / "deploy" / "Dockerfile").read_text()
-    froms = [ln.split()[1] for ln in text.splitlines() if ln.startswith("FROM ")]
-    assert froms and all(f == "python:3.11-slim" for f in froms)
-    assert '".[cluster]"' in text and "USER image3" in text
+    """Both stages start from the BASE_IMAGE argument (python:3.11-slim by default); the image
+    is built from the checkout and runs as an unprivileged user. (It is built and run for real
+    by tests/test_deploy_compose.py where a Docker engine is at hand.)"""
+    lines = (ROOT / "deploy" / "Dockerfile").read_text().splitlines()
+    assert lines.index("ARG BASE_IMAGE=python:3.11-slim") < min(
+        i for i, ln in enumerate(lines) if ln.startswith("FROM "))
+    froms = [ln.split()[1] for ln in lines if ln.startswith("FROM ")]
+    assert froms == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
+    assert "COPY image3_dask ./image3_dask" in lines and '".[cluster]"' in "\n".join(lines)
+    assert "USER image3" in lines
+    assert not any(("curl " in ln or "wget " in ln or "git clone" in ln) for ln in lines)
+
+
+def test_dockerignore_keeps_the_context_small():
+    """The build context holds only what deploy/Dockerfile copies (a checkout's .venv, .git
+    and benchmark outputs would be sent to the engine on every build otherwise)."""
+    rules = [ln for ln in (ROOT / ".dockerignore").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    assert rules[0] == "*"
+    allowed = {r[1:] for r in rules if r.startswith("!")}
+    copied = set()
+    for ln in (ROOT / "deploy" / "Dockerfile").read_text().splitlines():
+        if ln.startswith("COPY ") and "--from=" not in ln:
+            copied.update(ln.split()[1:-1])
+    assert copied == allowed == {"pyproject.toml", "README.md", "image3_dask"}
 
 
 def test_kubernetes_manifests():
@@ -171,3 +198,154 @@ def test_kubernetes_manifests():
     )
     job = yaml.safe_load((ROOT / "deploy/kubernetes/submit-job.yaml").read_text())
     parses_as_cli(job["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+# ---- Kubernetes manifests against the API schemas, offline -------------------------------------
+
+K8S_MANIFESTS = [ROOT / "deploy/kubernetes/daskcluster.yaml",
+                 ROOT / "deploy/kubernetes/submit-job.yaml"]
+#: Kubernetes versions the manifests target (README, deploy section): each is checked against
+#: that version's API schemas as kubernetes-validate ships them.
+K8S_VERSIONS = [f"1.{minor}" for minor in range(30, 38)]
+#: The Dask operator's CRDs, copied from dask-kubernetes 2026.3.0 (see the folder's README).
+DASK_OPERATOR_CRDS = ROOT / "tests/data/dask_operator_crds"
+
+
+def manifest_docs() -> list[tuple[str, dict]]:
+    """``(file name, document)`` of every document of the Kubernetes manifests."""
+    return [(p.name, d) for p in K8S_MANIFESTS for d in yaml.safe_load_all(p.read_text()) if d]
+
+
+def _strict_openapi(schema):
+    """A CRD's OpenAPI v3 schema as the API server applies it with strict field validation:
+    unknown fields are errors (``additionalProperties: false`` where properties are listed and
+    nothing says to keep unknown ones), and ``format: int-or-string`` takes integers too."""
+    if isinstance(schema, list):
+        return [_strict_openapi(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict_openapi(v) for k, v in schema.items()}
+    if ("properties" in out and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    if out.get("format") == "int-or-string":
+        out.pop("type", None)
+        out["type"] = ["integer", "string"]
+    return out
+
+
+@functools.cache
+def crd_validators() -> dict[tuple[str, str], object]:
+    """``(apiVersion, kind)`` -> a JSON-schema validator, for each served version of the Dask
+    operator's CRDs; ``apiVersion``, ``kind`` and ``metadata.name`` are checked as the API
+    server checks every object's."""
+    import jsonschema
+
+    out = {}
+    for path in sorted(DASK_OPERATOR_CRDS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        assert crd["kind"] == "CustomResourceDefinition", path
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            if not version.get("served"):
+                continue
+            api_version = f"{group}/{version['name']}"
+            schema = _strict_openapi(version["schema"]["openAPIV3Schema"])
+            schema["properties"] = {
+                **schema["properties"],
+                "apiVersion": {"const": api_version},
+                "kind": {"const": kind},
+                "metadata": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {
+                        "type": "string", "maxLength": 253,
+                        "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+                    }},
+                },
+            }
+            schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind",
+                                         "metadata"})
+            jsonschema.Draft4Validator.check_schema(schema)
+            out[(api_version, kind)] = jsonschema.Draft4Validator(schema)
+    return out
+
+
+def k8s_errors(doc: dict, crds: dict, versions: list[str] = K8S_VERSIONS) -> list[str]:
+    """Every schema error of one manifest document: for each of ``versions`` (Kubernetes
+    kinds; the first error of each), or against the Dask operator's CRD (its kinds); [] when it
+    is valid."""
+    import kubernetes_validate
+
+    key = (doc.get("apiVersion"), doc.get("kind"))
+    if key in crds:
+        return [f"{key[1]} {'.'.join(map(str, e.absolute_path))}: {e.message}"
+                for e in crds[key].iter_errors(doc)]
+    errors = []
+    for version in versions:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            errors.append(f"Kubernetes {version}: {key[1]} "
+                          f"{'.'.join(map(str, e.absolute_path))}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError:
+            errors.append(f"Kubernetes {version} has no kind {key[1]} in {key[0]}")
+    return errors
+
+
+def test_kubernetes_validate_ships_the_target_versions():
+    """The targets are real: kubernetes-validate has the API schemas of each (a release that
+    drops one fails here, and the targets in README and :data:`K8S_VERSIONS` must move)."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    shipped = {".".join(v.split(".")[:2]) for v in kubernetes_validate.utils.all_versions()}
+    assert set(K8S_VERSIONS) <= shipped, sorted(shipped)
+
+
+def test_kubernetes_manifests_validate_offline():
+    """Each document of deploy/kubernetes against the API schemas of every target Kubernetes
+    version (strict: unknown fields are errors), the Dask operator's kinds against its CRDs;
+    every kind found has a schema (none is skipped)."""
+    crds = crd_validators()
+    assert set(crds) == {("kubernetes.dask.org/v1", "DaskCluster"),
+                         ("kubernetes.dask.org/v1", "DaskAutoscaler")}
+    docs = manifest_docs()
+    assert {d["kind"] for _, d in docs} == {"PersistentVolumeClaim", "DaskCluster",
+                                           "DaskAutoscaler", "Job"}
+    errors = [f"{name}: {e}" for name, d in docs for e in k8s_errors(d, crds)]
+    assert not errors, "\n".join(errors)
+
+
+def _set(doc: dict, path: str, value) -> dict:
+    """A copy of ``doc`` with the dotted ``path`` (list indices as numbers) set to ``value``."""
+    import copy
+
+    doc = copy.deepcopy(doc)
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+    node = doc
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    return doc
+
+
+@pytest.mark.parametrize("kind, path, value, needle", [
+    # a misspelt field (unknown fields are errors), a wrong type, a bad enum, a bad name
+    ("Job", "spec.template.spec.containers.0.argz", ["x"], "argz"),
+    ("Job", "spec.backoffLimit", "none", "backoffLimit"),
+    ("PersistentVolumeClaim", "spec.accessModes", "ReadWriteMany", "accessModes"),
+    ("DaskCluster", "spec.worker.spec.containers.0.volumeMount", [], "volumeMount"),
+    ("DaskCluster", "spec.worker.replicas", "four", "replicas"),
+    ("DaskCluster", "spec.scheduler.service.ports.0.port", "8786", "port"),
+    ("DaskCluster", "metadata.name", "Image3_Cluster", "name"),
+    ("DaskAutoscaler", "spec.maximum", "32", "maximum"),
+])
+def test_kubernetes_validation_finds_errors(kind, path, value, needle):
+    """The validation of :func:`test_kubernetes_manifests_validate_offline` is not vacuous:
+    one broken field in a copy of a manifest is reported, by its path."""
+    pytest.importorskip("kubernetes_validate")
+    crds = crd_validators()
+    (doc,) = [d for _, d in manifest_docs() if d["kind"] == kind]
+    newest = K8S_VERSIONS[-1:]
+    assert k8s_errors(doc, crds, newest) == []
+    errors = k8s_errors(_set(doc, path, value), crds, newest)
+    assert errors and all(needle in e for e in errors), errors
