@@ -5,21 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import median_full_frame, median_of_exposures
+from helpers.outlier_scene import (
+    SIGMA,
+    drizzle_singles,
+    ivm_weight,
+    make_scene,
+    pixmap_of,
+    tiles,
+)
+from helpers.wcs import tan_wcs
 from stcal.outlier_detection.median import nanmedian3D
 from stcal.outlier_detection.utils import (
     compute_weight_threshold,
     flag_crs,
     flag_resampled_crs,
     gwcs_blot,
-)
-from test_alg_outlier_sim import (
-    SIGMA,
-    drizzle_singles,
-    ivm_weight,
-    make_scene,
-    make_wcs,
-    pixmap_of,
-    tiles,
 )
 
 from image3_dask.algorithms.outlier import (
@@ -208,7 +208,7 @@ def test_blot_exposure_partly_off_grid(scene, median):
     gny, gnx = sub.shape
     # grid wcs whose pixel (0, 0) is pixel (40, 30) of the scene grid
     full = scene.grid_shape
-    sub_wcs = make_wcs(((full[1] - 1) / 2.0 - 40, (full[0] - 1) / 2.0 - 30), 0.0, sub.shape)
+    sub_wcs = tan_wcs(((full[1] - 1) / 2.0 - 40, (full[0] - 1) / 2.0 - 30), 0.0, sub.shape)
     for exp in scene.exposures:
         pixmap = pixmap_of(exp, type(scene)(scene.exposures, sub_wcs, sub.shape, None))
         ref = gwcs_blot(sub, sub_wcs, exp.sci.shape, exp.wcs, fillval=np.nan)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import median_of_exposures
-from test_alg_outlier_sim import make_scene, tiles
+from helpers.outlier_scene import make_scene, tiles
 
 from image3_dask.algorithms.outlier import (
     blot_median,

@@ -7,11 +7,9 @@ import pickle
 
 import numpy as np
 import pytest
-from astropy import coordinates as coord
-from astropy import units as u
 from astropy.modeling import models as m
-from gwcs import coordinate_frames as cf
 from gwcs import wcs as gw
+from helpers.wcs import distorted_wcs
 
 from image3_dask.algorithms.drizzle_tile import (
     KERNELS,
@@ -52,33 +50,6 @@ GOOD_BITS = "~DO_NOT_USE+NON_SCIENCE"
 REF_INFO = {"ra_ref": 10.0, "dec_ref": 20.0, "roll_ref": 30.0, "v3yangle": 0.0, "vparity": -1}
 
 
-def make_wcs(ra, dec, pa, shape=SHAPE, scale_arcsec=0.1, vparity=-1, dist=1e-4):
-    """Imaging gwcs: 2nd-order polynomial distortion, rotation ``pa``, TAN projection."""
-    ny, nx = shape
-    cx, cy = (nx - 1) / 2, (ny - 1) / 2
-    s = scale_arcsec / 3600
-    px = m.Polynomial2D(2, c1_0=1, c2_0=dist / nx, c1_1=0.5 * dist / nx, c0_2=-dist / ny)
-    py = m.Polynomial2D(2, c0_1=1, c2_0=-0.5 * dist / nx, c1_1=dist / nx, c0_2=0.7 * dist / ny)
-    ipx = m.Polynomial2D(2, c1_0=1, c2_0=-dist / nx, c1_1=-0.5 * dist / nx, c0_2=dist / ny)
-    ipy = m.Polynomial2D(2, c0_1=1, c2_0=0.5 * dist / nx, c1_1=-dist / nx, c0_2=-0.7 * dist / ny)
-    distort = m.Mapping((0, 1, 0, 1)) | px & py
-    distort.inverse = m.Mapping((0, 1, 0, 1)) | ipx & ipy
-    r = np.deg2rad(pa)
-    pc = np.array([[vparity * np.cos(r), np.sin(r)], [-vparity * np.sin(r), np.cos(r)]])
-    tr = (
-        (m.Shift(-cx) & m.Shift(-cy))
-        | distort
-        | m.AffineTransformation2D(matrix=pc * s)
-        | m.Pix2Sky_TAN()
-        | m.RotateNative2Celestial(ra, dec, 180)
-    )
-    det = cf.Frame2D(name="detector", axes_order=(0, 1), unit=(u.pix, u.pix))
-    sky = cf.CelestialFrame(reference_frame=coord.ICRS(), name="world", unit=(u.deg, u.deg))
-    w = gw.WCS([(det, tr), (sky, None)])
-    w.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
-    w.array_shape = shape
-    return w
-
 
 # three rotated, dithered exposures
 POINTINGS = [(10.0, 20.0, 30.0), (10.001, 20.001, 35.0), (9.999, 20.002, 40.0)]
@@ -86,7 +57,7 @@ POINTINGS = [(10.0, 20.0, 30.0), (10.001, 20.001, 35.0), (9.999, 20.002, 40.0)]
 
 @pytest.fixture(scope="module")
 def wcss():
-    return [make_wcs(*p) for p in POINTINGS]
+    return [distorted_wcs(*p) for p in POINTINGS]
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +186,7 @@ def test_grid_matches_stcal_wcs_from_sregions(wcss):
 
 
 def test_grid_too_large_names_bad_exposure(wcss):
-    bad = make_wcs(12.0, 21.0, 30.0)  # a wrong pointing, 2 degrees away
+    bad = distorted_wcs(12.0, 21.0, 30.0)  # a wrong pointing, 2 degrees away
     names = ["a_cal.fits", "b_cal.fits", "c_cal.fits", "bad_cal.fits"]
     with pytest.raises(GridTooLargeError, match="bad_cal.fits") as exc:
         compute_output_grid(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _wcs_helpers_align import make_wcs, tile_pointings
+from helpers.align_scene import tile_pointings
+from helpers.wcs import jwst_wcs
 
 from image3_dask.algorithms.skymatch import (
     exposure_sky_stats,
@@ -29,11 +30,11 @@ LAYOUT = {
 @pytest.fixture(scope="module")
 def exposures():
     rng = np.random.default_rng(11)
-    center, _ = make_wcs(150.0, 2.0, 10.0, shape=SHAPE)
+    center, _ = jwst_wcs(150.0, 2.0, 10.0, shape=SHAPE)
     pts = tile_pointings(center, [v[0] for v in LAYOUT.values()])
     out = {}
     for (name, (_, sky, group)), (ra, dec) in zip(LAYOUT.items(), pts, strict=True):
-        w, _ = make_wcs(ra, dec, 10.0, shape=SHAPE)
+        w, _ = jwst_wcs(ra, dec, 10.0, shape=SHAPE)
         data = sky + rng.normal(0, NOISE, SHAPE)
         # a few compact sources and flagged garbage
         for _ in range(6):

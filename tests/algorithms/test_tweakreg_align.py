@@ -6,8 +6,8 @@ import logging
 
 import numpy as np
 import pytest
-from _wcs_helpers_align import (
-    make_wcs,
+from astropy.table import Table
+from helpers.align_scene import (
     observe_catalog,
     pair_residuals,
     perturbed,
@@ -16,7 +16,7 @@ from _wcs_helpers_align import (
     star_field,
     tile_pointings,
 )
-from astropy.table import Table
+from helpers.wcs import jwst_wcs
 
 from image3_dask.algorithms.align import (
     absolute_align,
@@ -56,12 +56,12 @@ def _pair_rms(wcses, trues):
 def dither():
     """4-exposure dither; exposure 0 has a perfect pointing, the others ~0.5" errors."""
     rng = np.random.default_rng(42)
-    center, cinfo = make_wcs(80.0, -69.5, 30.0)
+    center, cinfo = jwst_wcs(80.0, -69.5, 30.0)
     pts = tile_pointings(center, [(0, 0), (23.3, 11.7), (-17.6, 29.2), (31.1, -19.4)])
     stars = star_field(center, 140, 160, rng, min_sep_pix=12)
     trues, noms, infos, cats = [], [], [], []
     for k, (ra, dec) in enumerate(pts):
-        tw, ti = make_wcs(ra, dec, 30.0)
+        tw, ti = jwst_wcs(ra, dec, 30.0)
         err = (0.0, 0.0, 0.0) if k == 0 else (*rng.normal(0, 0.5, 2), rng.normal(0, 0.01))
         nw, ni = perturbed(ti, *err, SHAPE)
         img, _ = render(tw, stars, rng, SHAPE, sky=0.0, noise=1.0)
@@ -80,14 +80,14 @@ def dither():
 def mosaic():
     """3x3 mosaic of 200x200 tiles with 12% overlaps; tile 0 has a perfect pointing."""
     rng = np.random.default_rng(7)
-    center, _ = make_wcs(80.0, -69.5, 30.0)
+    center, _ = jwst_wcs(80.0, -69.5, 30.0)
     step = 176  # 12% overlap
     offs = [(dx * step, dy * step) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     pts = tile_pointings(center, offs)
     stars = star_field(center, 290, 1500, rng, min_sep_pix=11)
     trues, noms, infos, cats = [], [], [], []
     for k, (ra, dec) in enumerate(pts):
-        tw, ti = make_wcs(ra, dec, 30.0)
+        tw, ti = jwst_wcs(ra, dec, 30.0)
         err = (0.0, 0.0, 0.0) if k == 0 else (*rng.normal(0, 0.5, 2), rng.normal(0, 0.01))
         nw, ni = perturbed(ti, *err, SHAPE)
         trues.append(tw)

@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 import pytest
-from _wcs_helpers_align import make_wcs, render, star_field
+from helpers.align_scene import render, star_field
+from helpers.wcs import jwst_wcs
 from scipy.spatial import cKDTree
 
 from image3_dask.algorithms.tweakreg_catalog import (
@@ -21,7 +22,7 @@ SHAPE = (128, 128)
 @pytest.fixture(scope="module")
 def field():
     rng = np.random.default_rng(5)
-    w, _ = make_wcs(10.0, 20.0, 0.0, shape=SHAPE)
+    w, _ = jwst_wcs(10.0, 20.0, 0.0, shape=SHAPE)
     stars = star_field(w, 58, 40, rng, min_sep_pix=10)
     img, truth = render(w, stars, rng, SHAPE, sky=3.0, noise=1.0)
     dq = np.zeros(SHAPE, dtype=np.uint32)

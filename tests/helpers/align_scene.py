@@ -4,81 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 from astropy import coordinates as coord
-from astropy import units as u
-from astropy.modeling import models
 from astropy.table import Table
-from gwcs import coordinate_frames as cf
-from gwcs import wcs as gwcs_wcs
-from gwcs.geometry import CartesianToSpherical, SphericalToCartesian
 
-V2_REF = 120.0  # arcsec
-V3_REF = -500.0  # arcsec
-PSCALE = 0.1  # arcsec / pixel
-
-
-def v23tosky(ra_ref: float, dec_ref: float, roll_ref: float, v2_ref: float, v3_ref: float):
-    """Same construction as ``jwst.assign_wcs.pointing._v23tosky``."""
-    angles = np.array([v2_ref / 3600.0, -v3_ref / 3600.0, roll_ref, dec_ref, -ra_ref])
-    rot = models.RotationSequence3D(angles, axes_order="zyxyz")
-    m = (
-        (models.Scale(1 / 3600) & models.Scale(1 / 3600))
-        | SphericalToCartesian(wrap_lon_at=180)
-        | rot
-        | CartesianToSpherical(wrap_lon_at=360)
-    )
-    m.name = "v23tosky"
-    return m
-
-
-def make_wcs(
-    ra_ref: float,
-    dec_ref: float,
-    roll_ref: float = 0.0,
-    shape: tuple[int, int] = (200, 200),
-    pscale: float = PSCALE,
-    v2_ref: float = V2_REF,
-    v3_ref: float = V3_REF,
-    det_rot_deg: float = 0.3,
-):
-    """Return ``(gwcs, wcsinfo)`` with frames detector -> v2v3 -> world."""
-    ny, nx = shape
-    crpix = ((nx - 1) / 2.0, (ny - 1) / 2.0)
-    th = np.deg2rad(det_rot_deg)
-    # V2 increases to the left of the detector x axis (parity flip), as for most JWST imagers.
-    matrix = pscale * np.array([[-np.cos(th), np.sin(th)], [np.sin(th), np.cos(th)]])
-    det2v23 = (
-        (models.Shift(-crpix[0]) & models.Shift(-crpix[1]))
-        | models.AffineTransformation2D(matrix=matrix)
-        | (models.Shift(v2_ref) & models.Shift(v3_ref))
-    )
-    detector = cf.Frame2D(name="detector", axes_order=(0, 1), unit=(u.pix, u.pix))
-    v2v3 = cf.Frame2D(
-        name="v2v3", axes_order=(0, 1), axes_names=("v2", "v3"), unit=(u.arcsec, u.arcsec)
-    )
-    world = cf.CelestialFrame(reference_frame=coord.ICRS(), name="world")
-    pipeline = [
-        (detector, det2v23),
-        (v2v3, v23tosky(ra_ref, dec_ref, roll_ref, v2_ref, v3_ref)),
-        (world, None),
-    ]
-    w = gwcs_wcs.WCS(pipeline)
-    w.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
-    w.pixel_shape = (nx, ny)
-    wcsinfo = {
-        "v2_ref": v2_ref,
-        "v3_ref": v3_ref,
-        "roll_ref": roll_ref,
-        "ra_ref": ra_ref,
-        "dec_ref": dec_ref,
-    }
-    return w, wcsinfo
+from helpers.wcs import PSCALE, jwst_wcs
 
 
 def perturbed(wcsinfo: dict, dra_arcsec: float, ddec_arcsec: float, droll_deg: float, shape):
     """Return a WCS with the pointing offset by the given amounts (a "wrong" pointing)."""
     dec = wcsinfo["dec_ref"] + ddec_arcsec / 3600.0
     ra = wcsinfo["ra_ref"] + dra_arcsec / 3600.0 / np.cos(np.deg2rad(dec))
-    return make_wcs(ra, dec, wcsinfo["roll_ref"] + droll_deg, shape=shape)
+    return jwst_wcs(ra, dec, wcsinfo["roll_ref"] + droll_deg, shape=shape)
 
 
 def tile_pointings(center_wcs, offsets_pix: list[tuple[float, float]]):

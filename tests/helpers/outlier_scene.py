@@ -1,6 +1,6 @@
 """Synthetic dithered exposures with known truth for the outlier-detection tests.
 
-Helpers only (no tests): 4 exposures of 128x128 pixels with fractional dithers
+4 exposures of 128x128 pixels with fractional dithers
 (two slightly rotated), a 0.1"/pix TAN gwcs each, Gaussian stars integrated
 over pixels, flat sky, Gaussian noise and single-pixel cosmic rays at known
 positions; an output grid gwcs covering all exposures.
@@ -11,42 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from astropy import coordinates as coord
-from astropy import units as u
-from astropy.modeling import models
 from drizzle.resample import Drizzle
-from gwcs import coordinate_frames as cf
 from gwcs import wcs as gwcs_wcs
 from scipy.special import erf
 from stcal.resample.utils import calc_pixmap
+
+from helpers.wcs import tan_wcs
 
 PIXSCALE_DEG = 0.1 / 3600.0
 RA0, DEC0 = 53.16, -27.78
 SKY = 10.0
 SIGMA = 1.0  # per-pixel noise (err)
 PSF_SIGMA = 1.3
-
-
-def make_wcs(
-    crpix: tuple[float, float], rot_deg: float = 0.0, shape: tuple[int, int] | None = None
-) -> gwcs_wcs.WCS:
-    """Imaging gwcs: pixel -> (ra, dec), tangent point (RA0, DEC0) at ``crpix`` (x, y)."""
-    th = np.deg2rad(rot_deg)
-    matrix = PIXSCALE_DEG * np.array([[-np.cos(th), np.sin(th)], [np.sin(th), np.cos(th)]])
-    fwd = (
-        (models.Shift(-crpix[0]) & models.Shift(-crpix[1]))
-        | models.AffineTransformation2D(matrix=matrix)
-        | models.Pix2Sky_TAN()
-        | models.RotateNative2Celestial(RA0, DEC0, 180.0)
-    )
-    det = cf.Frame2D(name="detector", axes_order=(0, 1), unit=(u.pix, u.pix))
-    sky = cf.CelestialFrame(reference_frame=coord.ICRS(), name="world", unit=(u.deg, u.deg))
-    w = gwcs_wcs.WCS([(det, fwd), (sky, None)])
-    if shape is not None:
-        ny, nx = shape
-        w.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
-        w.array_shape = shape
-    return w
 
 
 def _pix_integrated_gauss(xc, yc, flux, shape, psf_sigma=PSF_SIGMA):
@@ -102,7 +78,7 @@ def make_scene(
     rng = np.random.default_rng(seed)
     ny, nx = shape
     gny, gnx = grid_shape
-    grid_wcs = make_wcs(((gnx - 1) / 2.0, (gny - 1) / 2.0), 0.0, grid_shape)
+    grid_wcs = tan_wcs(((gnx - 1) / 2.0, (gny - 1) / 2.0), 0.0, grid_shape)
     # stars in grid pixel coords, kept away from the edges
     gx = rng.uniform(15, gnx - 15, nstars)
     gy = rng.uniform(15, gny - 15, nstars)
@@ -113,7 +89,7 @@ def make_scene(
         if aligned:
             dx, dy, rot = 0.0, 0.0, 0.0
         crpix = ((nx - 1) / 2.0 + dx - 6.0, (ny - 1) / 2.0 + dy - 6.0)
-        w = make_wcs(crpix, rot, shape)
+        w = tan_wcs(crpix, rot, shape)
         ex, ey = w.invert(ra, dec, with_bounding_box=False)
         truth = SKY + _pix_integrated_gauss(ex, ey, flux, shape, psf_sigma)
         sci = truth + rng.normal(0.0, SIGMA, shape)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import QTable
-from crds_cache import build_crds_cache, crds_env, write_pars
 from helpers import compare_catalogs
+from helpers.crds_cache import build_crds_cache, crds_env, write_pars
 
 from image3_dask.io.crds_refs import SIMULATED_KEYWORD, is_simulated, resolve_references
 from image3_dask.pipeline.config import PipelineConfig
