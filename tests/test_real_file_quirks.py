@@ -511,3 +511,31 @@ def test_undefined_background_skymatch_skipped_follows_truth(client, tmp_path):
     with datamodels.open(products["i2d"]) as m:
         assert np.isfinite(m.data).mean() > 0.8
         assert abs(np.nanmedian(m.data)) < 0.2  # the level was subtracted once
+
+
+def test_quirky_tweakreg_catalogs_equal_jwst(quirky, tmp_path):
+    """tweakreg's source catalogs of image2-like files (NaN saturated cores, DO_NOT_USE and
+    NON_SCIENCE pixels, subarrays) are jwst's: the DQ is read as jwst's catalog mask reads it."""
+    from astropy.table import Table
+    from jwst.tweakreg import TweakRegStep
+
+    from image3_dask.graph.tweakreg import catalog_task, finder_params
+    from image3_dask.io.exposures import read_exposure_info
+    from image3_dask.pipeline.config import PipelineConfig
+
+    sim = quirky["sim"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        TweakRegStep.call(str(sim.asn_path), save_catalogs=True, output_dir=str(tmp_path))
+    params = finder_params(dict(PipelineConfig()["tweakreg"]))
+    total, worst = 0, 0.0
+    for path in sim.cal_paths:
+        theirs = Table.read(tmp_path / path.name.replace("_cal.fits", "_cal_cat.ecsv"))
+        bbox = read_exposure_info(path).wcs.bounding_box.bounding_box(order="F")
+        ours = catalog_task(path, path.name, params, bbox)
+        assert len(ours) == len(theirs) > 10, path.name
+        d = np.hypot(np.asarray(ours["x"]) - theirs["x"], np.asarray(ours["y"]) - theirs["y"])
+        worst = max(worst, float(d.max()))
+        total += len(ours)
+    print(f"\ntweakreg catalogs: {total} sources, positions within {worst:.2g} px of jwst's")
+    assert worst < 1e-6
