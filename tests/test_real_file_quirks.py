@@ -177,7 +177,7 @@ def _relative_rms(resid: list[np.ndarray]) -> float:
 @pytest.mark.parametrize(
     "instrument, name, start, size, aperture",
     [("miri", "SUB256", (413, 51), 256, "MIRIM_SUB256"),
-     ("nircam", "SUB160P", (1889, 1889), 160, "NRCA1_SUB160P")],
+     ("nircam", "SUB160P", (1889, 1889), 160, "NRCB1_SUB160P")],
 )
 def test_named_subarray_wcs_is_assign_wcs_one(tmp_path, instrument, name, start, size, aperture):
     """A named subarray: meta.subarray and the gwcs jwst's assign_wcs builds from the full
@@ -192,7 +192,8 @@ def test_named_subarray_wcs_is_assign_wcs_one(tmp_path, instrument, name, start,
     from image3_dask.simulate.wcs import distortion_model, make_wcs, v23tosky
 
     sim = simulate(
-        instrument, n=1, out_dir=tmp_path, seed=2, subarray=name, n_stars=20, n_galaxies=0
+        instrument, n=1, out_dir=tmp_path, seed=2, subarray=name, n_stars=20, n_galaxies=0,
+        detectors=["NRCB1"] if instrument == "nircam" else None,
     )
     inst = get_instrument(instrument)
     e = sim.truth.exposures[0]

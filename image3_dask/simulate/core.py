@@ -230,6 +230,7 @@ def simulate(
     visits: int | Sequence[tuple[str, str]] = 1,
     visit_roll: float = 0.0,
     dither_scale: float = 1.0,
+    detectors: Sequence[str] | None = None,
 ) -> SimulationResult:
     """Simulate a set of level-2b (``*_cal.fits``) imaging exposures with known truth.
 
@@ -318,6 +319,9 @@ def simulate(
     dither_scale : float
         Factor on the offsets of the ``"dither"`` pattern (about 2.5 arcsec per axis at 1;
         smaller keeps small crops of NIRCam's 0.031 arcsec pixels overlapping).
+    detectors : sequence of str, optional
+        The detectors of each exposure by name (e.g. ``["NRCB1"]``, where NIRCam's point-source
+        subarrays are); overrides ``n_detectors``.
 
     Returns
     -------
@@ -326,7 +330,15 @@ def simulate(
     """
     t0 = time.perf_counter()
     inst = get_instrument(instrument)
-    dets = inst.detector_list(n_detectors)
+    if detectors is not None:
+        unknown = [d for d in detectors if d not in inst.detectors]
+        if unknown or not detectors:
+            raise ValueError(
+                f"detectors {unknown or detectors}: {inst.name} has {sorted(inst.detectors)}"
+            )
+        dets = [inst.detectors[d] for d in detectors]
+    else:
+        dets = inst.detector_list(n_detectors)
     shape = tuple(int(v) for v in (shape or inst.shape))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -340,6 +352,7 @@ def simulate(
         "pattern": pattern,
         "shape": list(shape),
         "n_detectors": n_detectors,
+        "detectors": None if detectors is None else list(detectors),
         "pointing_error": pointing_error,
         "roll_error": roll_error,
         "n_stars": n_stars,
