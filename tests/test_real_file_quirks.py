@@ -7,12 +7,16 @@ pipelines on them:
 - ``quirky``: one MIRI association with all of them at once (two visits whose exposure numbers
   both start at 1, full-frame and subarray members of different shapes, image2's DQ bits and
   NaNs, a ``NON_SCIENCE`` block, an image2-subtracted background); the whole pipeline against
-  jwst's ``Image3Pipeline`` and the truth.
-- A named subarray (MIRI SUB256) has the gwcs jwst's ``assign_wcs`` builds for it.
+  jwst's ``Image3Pipeline`` and the truth, tweakreg's source catalogs against jwst's.
+- Named subarrays (MIRI SUB256, NIRCam SUB160P) have the gwcs jwst's ``assign_wcs`` builds.
 - NIRCam's eight short-wave detectors: grouped by exposure as jwst groups them, and tweakreg
   (where the grouping matters) equal to jwst's.
+- Visits of different roll: skymatch levels equal to jwst's.
 - ``meta.background`` already set: skymatch accepts and refuses what jwst does and finds the
-  same levels.
+  same levels; a recorded level with skymatch skipped through both pipelines; an undefined
+  ``subtracted`` with skymatch skipped, where the truth wins over jwst.
+- A reference file without the mosaic's row (the i2d of BRIGHTSKY/SUB256 members is named by
+  its first member's subarray): a warning and no catalog, as jwst.
 """
 
 from __future__ import annotations
