@@ -9,7 +9,7 @@ from typing import Any
 
 from image3_dask.io.storage import RemotePath
 
-__all__ = ["open_datamodel"]
+__all__ = ["datamodel_from_hdulist", "open_datamodel"]
 
 
 def open_datamodel(path: str | os.PathLike | RemotePath, **kwargs: Any):
@@ -25,6 +25,13 @@ def open_datamodel(path: str | os.PathLike | RemotePath, **kwargs: Any):
     if not isinstance(path, RemotePath):
         return datamodels.open(path, **kwargs)
     hdul = fits.open(io.BytesIO(path.read_bytes()), memmap=False)
+    return datamodel_from_hdulist(hdul, path.name, **kwargs)
+
+
+def datamodel_from_hdulist(hdul, filename: str, **kwargs: Any):
+    """The datamodel of an opened FITS file (its class from ``DATAMODL``); closes it on failure."""
+    from stdatamodels.jwst import datamodels
+
     try:
         name = str(hdul[0].header.get("DATAMODL", "") or "JwstDataModel")
         cls = getattr(datamodels, name, None)
@@ -36,5 +43,5 @@ def open_datamodel(path: str | os.PathLike | RemotePath, **kwargs: Any):
     except BaseException:
         hdul.close()
         raise
-    model.meta.filename = path.name
+    model.meta.filename = filename
     return model

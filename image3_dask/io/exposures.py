@@ -8,6 +8,8 @@ never travel through the scheduler.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import warnings
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from astropy.io import fits
 
 from image3_dask.errors import InputError
 from image3_dask.io.storage import Location, RemotePath, location, open_fits
@@ -191,15 +194,20 @@ def read_exposure_info(path: str | os.PathLike, index: int = 0) -> ExposureInfo:
     """
     from stdatamodels.jwst import datamodels
 
-    from image3_dask.io.datamodel_files import open_datamodel
+    from image3_dask.io.datamodel_files import datamodel_from_hdulist, open_datamodel
 
     path = location(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
+    whole = None  # an object is read once, for the datamodel and the header checks
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = open_datamodel(path)
+            if isinstance(path, RemotePath):
+                whole = fits.open(io.BytesIO(path.read_bytes()), memmap=False)
+                model = datamodel_from_hdulist(whole, path.name)
+            else:
+                model = open_datamodel(path)
     except Exception as exc:  # stdatamodels raises many types for unreadable files
         raise InputError(
             f"{path}: cannot be opened as a JWST datamodel ({type(exc).__name__}: {exc})"
@@ -224,7 +232,7 @@ def read_exposure_info(path: str | os.PathLike, index: int = 0) -> ExposureInfo:
                 f"{path}: SCI units are {bunit or 'not set'}; calibrated exposures in surface "
                 "brightness (MJy/sr) are expected (run photom in calwebb_image2)"
             )
-        with open_fits(path, memmap=True) as hdul:
+        with contextlib.nullcontext(whole) if whole else open_fits(path, memmap=True) as hdul:
             if "SCI" not in hdul:
                 raise InputError(f"{path}: has no SCI extension")
             hdr = hdul["SCI"].header
@@ -285,6 +293,8 @@ def read_exposure_info(path: str | os.PathLike, index: int = 0) -> ExposureInfo:
         )
     finally:
         model.close()
+        if whole is not None:
+            whole.close()
 
 
 def precheck_files(paths: list[Location]) -> None:
@@ -397,6 +407,9 @@ def read_pixels(
     """
     region = region or (slice(None), slice(None))
     out: dict[str, np.ndarray | None] = {}
+    path = location(path)
+    if isinstance(path, RemotePath):
+        return _read_remote_pixels(path, arrays, region)
     try:
         # Sections read only the rows of the region from disk (no memory map: scaled integer
         # extensions such as DQ with BZERO cannot be memory-mapped).
@@ -412,6 +425,29 @@ def read_pixels(
                 out[name] = arr.astype(dtype, copy=True)
     except OSError as exc:
         raise InputError(f"{path}: cannot read pixel arrays ({exc})") from None
+    if out.get("dq") is None:
+        out["dq"] = np.zeros(out["data"].shape, np.uint32)
+    return ExposurePixels(**out)
+
+
+def _read_remote_pixels(
+    path: RemotePath, arrays: tuple[str, ...], region: tuple[slice, slice]
+) -> ExposurePixels:
+    """:func:`read_pixels` of an object: one range request per array, for the region's rows."""
+    from image3_dask.io.fits_ranges import read_rows
+
+    names = ["data", *[a for a in arrays if a != "data"]]
+    try:
+        got = read_rows(path, [PIXEL_EXTENSIONS[n] for n in names], region[0])
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read pixel arrays ({exc})") from None
+    if got["SCI"] is None:
+        raise InputError(f"{path}: has no SCI image extension")
+    out: dict[str, np.ndarray | None] = {}
+    for name in names:
+        arr = got[PIXEL_EXTENSIONS[name]]
+        dtype = np.uint32 if name == "dq" else np.float32
+        out[name] = None if arr is None else arr[:, region[1]].astype(dtype, copy=True)
     if out.get("dq") is None:
         out["dq"] = np.zeros(out["data"].shape, np.uint32)
     return ExposurePixels(**out)
