@@ -27,6 +27,7 @@ __all__ = [
     "footprint_tangent_plane",
     "inside_any",
     "match_pair",
+    "match_pairs",
     "tangent_plane_positions",
     "xy_box",
 ]
@@ -191,3 +192,19 @@ def match_pair(
         keep = np.isin(ia, np.unique(ia)[ua == 1]) & np.isin(ib, np.unique(ib)[ub == 1])
         ia, ib = ia[keep], ib[keep]
     return ia, ib
+
+
+def match_pairs(
+    jobs: Sequence[tuple[int, int, np.ndarray, np.ndarray]], **options: Any
+) -> list[PairMatch]:
+    """:func:`match_pair` on each ``(a, b, xy_a, xy_b)`` of ``jobs``; the pairs that matched.
+
+    A batch of the global alignment's pairs (one task when they run on a cluster); ``options``
+    are :func:`match_pair`'s keywords.
+    """
+    out = []
+    for a, b, xy_a, xy_b in jobs:
+        ia, ib = match_pair(xy_a, xy_b, **options)
+        if len(ia):
+            out.append(PairMatch(a, b, xy_a[ia], xy_b[ib]))
+    return out

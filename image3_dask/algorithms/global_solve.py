@@ -23,8 +23,9 @@ correction held fixed:
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ from .global_pairs import (
     PairMatch,
     footprint_tangent_plane,
     inside_any,
-    match_pair,
+    match_pairs,
     tangent_plane_positions,
     xy_box,
 )
@@ -393,6 +394,8 @@ def global_align(
     nclip: int = 3,
     sigma: float = 3.0,
     apply: bool = True,
+    map_batches: Callable[[Callable, list], Iterable[list]] | None = None,
+    pair_batch: int = 16,
 ) -> AlignResult:
     """Align all groups together from every overlapping pair of groups.
 
@@ -427,6 +430,12 @@ def global_align(
         ``extra`` holds ``'corrections'`` (exposure index -> ``(matrix, shift)``) and
         ``'tangent_plane'`` (the reference corrector), for :func:`apply_correction` to be
         called elsewhere (e.g. one task per exposure).
+    map_batches : callable, optional
+        ``map_batches(func, batches)`` returns ``[func(b) for b in batches]`` in order, possibly
+        computed in parallel (one task per batch on a cluster); the pairs are matched in
+        batches of ``pair_batch``. Default: here, one batch after the other.
+    pair_batch : int, optional
+        Overlapping pairs per batch.
 
     Returns
     -------
@@ -484,7 +493,7 @@ def global_align(
         & (pbox[:, None, 1] <= qbox[None, :, 3])
         & (pbox[:, None, 3] >= qbox[None, :, 1])
     )
-    pairs: list[PairMatch] = []
+    jobs = []
     for a in range(ngrp):
         for b in range(a + 1, ngrp):
             if not (reach[a, b] and reach[b, a]):
@@ -493,19 +502,21 @@ def global_align(
             sel_b = inside_any(gpos[b], gquads[a], margin)
             if sel_a.sum() == 0 or sel_b.sum() == 0:
                 continue
-            ia, ib = match_pair(
-                gpos[a][sel_a],
-                gpos[b][sel_b],
-                searchrad=searchrad,
-                separation=separation,
-                use2dhist=use2dhist,
-                tolerance=tolerance,
-                xoffset=xoffset,
-                yoffset=yoffset,
-                tp_pscale=tp_pscale,
-            )
-            if len(ia):
-                pairs.append(PairMatch(a, b, gpos[a][sel_a][ia], gpos[b][sel_b][ib]))
+            jobs.append((a, b, gpos[a][sel_a], gpos[b][sel_b]))
+    match = partial(
+        match_pairs,
+        searchrad=searchrad,
+        separation=separation,
+        use2dhist=use2dhist,
+        tolerance=tolerance,
+        xoffset=xoffset,
+        yoffset=yoffset,
+        tp_pscale=tp_pscale,
+    )
+    batches = [jobs[k : k + pair_batch] for k in range(0, len(jobs), pair_batch)]
+    mapped = map_batches(match, batches) if map_batches is not None else map(match, batches)
+    # in the order of the serial loop, whatever order the batches ran in
+    pairs: list[PairMatch] = [p for found in mapped for p in found]
 
     sols = solve_global(
         pairs,

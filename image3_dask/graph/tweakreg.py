@@ -202,6 +202,7 @@ def align_task(
     params: dict,
     refcat: Table | None = None,
     defer_correction: bool = False,
+    token: str | None = None,
 ) -> dict:
     """Task: relative (then absolute) alignment of all exposures from their catalogs.
 
@@ -220,6 +221,9 @@ def align_task(
         (``corrections``: index -> ``(matrix, shift)``, and ``tangent_plane``) instead of
         inserting them into the WCSs here, so that :func:`correct_task` does it per exposure
         in parallel (``wcs`` is then `None` for those exposures).
+    token : str, optional
+        The run's token: the global solve's pairs are then matched by ``tweakreg-pairs``
+        tasks submitted from this task (:func:`pair_tasks`), in parallel on the cluster.
 
     Returns
     -------
@@ -259,6 +263,7 @@ def align_task(
                     group_ids,
                     names=names,
                     apply=not defer,
+                    map_batches=pair_tasks(token) if token else None,
                     **{k: params[k] for k in _GLOBAL_PARAMS},
                 )
             else:
@@ -315,6 +320,29 @@ def align_task(
     finally:
         for lg in loggers:
             lg.removeHandler(capture)
+
+
+def pair_tasks(token: str):
+    """A ``map_batches`` for the global solve: one ``tweakreg-pairs`` task per batch of pairs.
+
+    Called inside the alignment task: its worker thread secedes while the batches run on the
+    whole cluster (``distributed.worker_client``), so the matching of hundreds of overlapping
+    pairs is not serial. Warnings of the batches are logged by the workers that ran them.
+    """
+
+    def run(func, batches: list) -> list:
+        from distributed import worker_client
+
+        if len(batches) < 2:
+            return [func(b) for b in batches]
+        with worker_client() as client:
+            futures = [
+                client.submit(func, b, key=("tweakreg-pairs", f"{i:04d}", token), pure=False)
+                for i, b in enumerate(batches)
+            ]
+            return client.gather(futures)
+
+    return run
 
 
 def resolve_align_mode(align_mode: str, wcses: list[Any], group_ids: list[str]) -> str:
@@ -593,7 +621,13 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
         ctx.product_name,
         align_task,
         (catalogs, wcses, [e.wcsinfo for e in exposures], group_ids, [e.name for e in exposures]),
-        {"align_mode": mode, "params": cfg, "refcat": refcat, "defer_correction": True},
+        {
+            "align_mode": mode,
+            "params": cfg,
+            "refcat": refcat,
+            "defer_correction": True,
+            "token": ctx.token,
+        },
     )
     (align,) = ctx.submit([spec])
     (result,) = ctx.wait([align], "tweakreg: catalogs and alignment")

@@ -257,3 +257,38 @@ def test_relative_single_group_is_skipped(dither):
 
 def test_choose_align_mode_dither_is_official(dither):
     assert choose_align_mode([w.footprint() for w in dither["nom"]]) == "official"
+
+
+def test_global_solve_with_pairs_matched_in_parallel_tasks(mosaic, client):
+    """The pairs matched by tweakreg-pairs tasks (graph.tweakreg.pair_tasks) give the same fit.
+
+    ``global_align`` runs as a task, which submits one task per batch of pairs (batches of 3
+    here: 20 pairs in 7 tasks) and seceded while they run on the cluster.
+    """
+    from distributed import get_task_stream
+
+    from image3_dask.graph.tweakreg import pair_tasks
+
+    m = mosaic
+    gids = list(range(9))
+    serial = global_align(m["cat"], m["nom"], m["info"], gids, apply=False)
+    with get_task_stream(client) as ts:
+        parallel = client.submit(
+            global_align,
+            m["cat"],
+            m["nom"],
+            m["info"],
+            gids,
+            apply=False,
+            map_batches=pair_tasks("t0ken"),
+            pair_batch=3,
+            pure=False,
+        ).result()
+    keys = {str(r["key"]) for r in ts.data}
+    assert sum("tweakreg-pairs" in k and "t0ken" in k for k in keys) == 7
+    assert serial.extra["pairs"] == parallel.extra["pairs"]
+    assert len(serial.extra["pairs"]) == 20
+    assert len(serial.extra["corrections"]) == 9
+    for a, b in zip(serial.extra["corrections"].values(), parallel.extra["corrections"].values(), strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
