@@ -107,7 +107,7 @@ def read_rows(
     raw = path._call(
         "read it",
         path.fs.cat_ranges,
-        [path.path] * len(present),
+        [path.key] * len(present),
         [s for _, s, _ in spans],
         [e for _, _, e in spans],
     )

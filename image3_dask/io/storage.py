@@ -50,6 +50,8 @@ __all__ = [
     "zarr_store",
 ]
 
+#: Protocols whose file systems take whole URLs (read only here).
+WEB_PROTOCOLS = ("http", "https")
 #: Bytes per part of a multipart upload (S3's minimum part is 5 MiB).
 UPLOAD_PART = 16 * 2**20
 #: Read block of the fsspec file objects behind FITS sections: small, as sections read rows.
@@ -139,6 +141,16 @@ class RemotePath:
 
     # --- the file system ------------------------------------------------------------------
     @property
+    def key(self) -> str:
+        """What the file system's methods take: the path without protocol, or the whole URL
+        for web file systems (``http``, ``https``)."""
+        return str(self) if self.protocol in WEB_PROTOCOLS else self.path
+
+    def _from_key(self, key: str) -> RemotePath:
+        url = key if self.protocol in WEB_PROTOCOLS else f"{self.protocol}://{key}"
+        return RemotePath(url, self.storage_options)
+
+    @property
     def fs(self):
         """The fsspec file system (fsspec caches one instance per protocol and options)."""
         if self._fs is None:
@@ -168,7 +180,7 @@ class RemotePath:
         would read as a missing file.)
         """
         try:
-            info = self._call("check it", self.fs.info, self.path)
+            info = self._call("check it", self.fs.info, self.key)
         except FileNotFoundError:
             return None
         return str(info.get("type") or "file")
@@ -184,27 +196,27 @@ class RemotePath:
 
     def info(self) -> dict[str, Any]:
         """The store's description of the object (size, ETag, version...)."""
-        return self._call("read its details", self.fs.info, self.path)
+        return self._call("read its details", self.fs.info, self.key)
 
     def open(self, mode: str = "rb", **kwargs):
-        return self._call("open it", self.fs.open, self.path, mode, **kwargs)
+        return self._call("open it", self.fs.open, self.key, mode, **kwargs)
 
     def read_bytes(self) -> bytes:
-        return self._call("read it", self.fs.cat_file, self.path)
+        return self._call("read it", self.fs.cat_file, self.key)
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
 
     def write_bytes(self, data: bytes) -> None:
         """Write ``data`` as one object (a single PUT: never seen partial)."""
-        self._call("write it", self.fs.pipe_file, self.path, bytes(data))
+        self._call("write it", self.fs.pipe_file, self.key, bytes(data))
 
     def write_text(self, text: str, encoding: str = "utf-8") -> None:
         self.write_bytes(text.encode(encoding))
 
     def unlink(self, missing_ok: bool = False) -> None:
         try:
-            self._call("delete it", self.fs.rm_file, self.path)
+            self._call("delete it", self.fs.rm_file, self.key)
         except FileNotFoundError:
             if not missing_ok:
                 raise
@@ -214,16 +226,16 @@ class RemotePath:
 
     def iterdir(self) -> Iterator[RemotePath]:
         try:
-            names = self._call("list it", self.fs.ls, self.path, detail=False)
+            names = self._call("list it", self.fs.ls, self.key, detail=False)
         except FileNotFoundError:
             return
         for n in sorted(names):
-            if n.rstrip("/") != self.path:
-                yield RemotePath(f"{self.protocol}://{n}", self.storage_options)
+            if n.rstrip("/") != self.key:
+                yield self._from_key(n)
 
     def glob(self, pattern: str) -> Iterator[RemotePath]:
-        for n in sorted(self._call("list it", self.fs.glob, f"{self.path}/{pattern}")):
-            yield RemotePath(f"{self.protocol}://{n}", self.storage_options)
+        for n in sorted(self._call("list it", self.fs.glob, f"{self.key}/{pattern}")):
+            yield self._from_key(n)
 
     def rglob(self, pattern: str) -> Iterator[RemotePath]:
         return self.glob(f"**/{pattern}")
@@ -301,6 +313,11 @@ def check_remote_folder(path: RemotePath, what: str) -> None:
     StorageError
         Naming ``what`` and the URL.
     """
+    if path.protocol in WEB_PROTOCOLS:
+        raise StorageError(
+            f"{what} {path}: {path.protocol}:// URLs are read only; write to a folder or an "
+            "object store (s3://, gs://, az://...)"
+        )
     bucket = path.path.split("/", 1)[0]
     try:
         fs = path.fs
@@ -323,8 +340,8 @@ def rmtree(path: Location) -> None:
     """Remove a folder and everything under it; nothing if it does not exist."""
     if isinstance(path, RemotePath):
         with contextlib.suppress(FileNotFoundError):
-            if path.fs.exists(path.path):
-                path.fs.rm(path.path, recursive=True)
+            if path.fs.exists(path.key):
+                path.fs.rm(path.key, recursive=True)
     else:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -360,7 +377,7 @@ def create_exclusive(path: Location, text: str) -> bool:
     if isinstance(path, RemotePath):
         if path.protocol in ("s3", "s3a"):
             try:
-                path._call("create it", path.fs.pipe_file, path.path, text.encode(), mode="create")
+                path._call("create it", path.fs.pipe_file, path.key, text.encode(), mode="create")
             except FileExistsError:
                 return False
             except StorageError as exc:
@@ -390,7 +407,7 @@ def upload(local: str | os.PathLike, dest: RemotePath, part_size: int = UPLOAD_P
     """
     fs = dest.fs
     try:
-        out = fs.open(dest.path, "wb", block_size=part_size)
+        out = fs.open(dest.key, "wb", block_size=part_size)
     except Exception as exc:
         raise StorageError(f"{dest}: cannot write it ({describe_error(exc)})") from None
     try:
@@ -449,7 +466,7 @@ def zarr_store(path: Location, read_only: bool = False) -> Any:
 def read_bytes_range(path: Location, start: int, end: int) -> bytes:
     """Bytes ``[start, end)`` of a file (one ranged GET on an object store)."""
     if isinstance(path, RemotePath):
-        return path._call("read it", path.fs.cat_file, path.path, start=start, end=end)
+        return path._call("read it", path.fs.cat_file, path.key, start=start, end=end)
     with open(path, "rb") as fh:
         fh.seek(start)
         return fh.read(end - start)
