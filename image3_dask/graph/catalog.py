@@ -632,13 +632,13 @@ def submit(ctx, data: StepData) -> StepData:
         store = store if _store_usable(store, shape) else None
     info = MosaicInfo(location(i2d), store, shape, float(area), ref_pix, meta.meta.wcs)
     params = catalog_params(cfg)
-    references = ctx.shared.get("references")
+    references = ctx.references
     if references is None:  # the step run on its own: resolved here, once
         members = [e.source_path or e.path for e in data.exposures]
         references = resolve_references(
             members, ctx.config, steps=["source_catalog"], apply_pars=False
         )
-        ctx.shared["references"] = references
+        ctx.references = references
     for msg in references.lookup_failed.values():
         log.warning("%s Source catalog will not be created.", msg)
         return data
@@ -690,7 +690,7 @@ def submit(ctx, data: StepData) -> StepData:
             ],
             "source_catalog: frame",
         )
-    ctx.shared["catalog"] = catalog
+    ctx.catalog = catalog
     if len(catalog) == 0:
         log.warning("No sources found in the image. Catalog will be empty.")
         return data

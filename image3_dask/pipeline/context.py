@@ -41,8 +41,11 @@ class RunContext:
         Draw progress lines in the terminal.
     products : dict
         Product kind -> path, filled in by the steps.
-    shared : dict
-        Results of the steps kept for the caller (e.g. the catalog table).
+    references : image3_dask.io.crds_refs.References or None
+        The reference files and CRDS step parameters resolved once for the run (the
+        catalog step resolves them itself when it runs alone).
+    catalog : astropy.table.QTable or None
+        The source catalog, once source_catalog has made it (kept for the caller).
     plans : dict
         Mosaic plans (output grid, tiles, pixel maps) by grid and WCS fingerprints, shared by
         outlier detection and resample (:func:`image3_dask.graph.plan.make_plan`).
@@ -62,7 +65,8 @@ class RunContext:
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     progress: bool = True
     products: dict[str, Any] = field(default_factory=dict)
-    shared: dict[str, Any] = field(default_factory=dict)
+    references: Any = None
+    catalog: Any = None
     plans: dict[tuple, Any] = field(default_factory=dict)
     tasks: TaskLedger | None = None
     _finishers: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False)

@@ -288,7 +288,7 @@ class Image3Pipeline:
             )
             ctx.products["dashboard"] = link
             if references is not None:
-                ctx.shared["references"] = references
+                ctx.references = references
             try:
                 exposures = _submit_steps(ctx, exposures, timings).exposures
             except BaseException:
