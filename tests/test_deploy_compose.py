@@ -3,10 +3,10 @@ with Docker Compose from ``docker-compose.yml``, the ``submit`` service run, and
 with a local run's; then a worker container killed in the middle of a job's resample.
 
 Needs a Docker engine, a Compose (``docker-compose`` v1, or the ``docker compose`` v2 plugin)
-and the base image present locally: no registry is assumed. ``.ci/docker_setup.sh`` (as root
-with apt) installs and starts the engine and builds a local base image; it exports
-:data:`REQUIRE_DOCKER` and :data:`BASE_IMAGE_ENV` for these tests. Without them the tests skip
-with the reason; with ``IMAGE3_REQUIRE_DOCKER=1`` they fail instead.
+and the base image present locally: no registry is assumed. ``.ci/docker_setup.sh start`` (as
+root with apt) installs and starts the engine and builds a local base image; ``.ci/run`` then
+sets :data:`REQUIRE_DOCKER` and :data:`BASE_IMAGE_ENV` for these tests. Without an engine or
+base image the tests skip with the reason; with ``IMAGE3_REQUIRE_DOCKER=1`` they fail instead.
 
 The image is built under the compose file's tag (``image3-dask:0.1.0``) from this checkout; the
 stack runs as the compose project :data:`PROJECT` on free loopback ports and is removed with its
@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-#: Set (to 1) by .ci/docker_setup.sh when it started an engine: these tests must run.
+#: Set (to 1) by .ci/run once .ci/docker_setup.sh has an engine ready: these tests must run.
 REQUIRE_DOCKER = "IMAGE3_REQUIRE_DOCKER"
 #: The image deploy/Dockerfile builds on (its BASE_IMAGE argument); Docker Hub's by default.
 BASE_IMAGE_ENV = "IMAGE3_BASE_IMAGE"
