@@ -469,3 +469,51 @@ def test_a_submitted_job_reads_and_writes_s3(s3, client, resample_ref):
     record = s3.fs.cat_file(f"{BUCKET}/job/.image3-dask-jobs/s3-job.json")
     assert json.loads(record)["state"] == "done"
     assert SECRET.encode() not in record and SECRET not in repr(get_job(client, "s3-job"))
+
+
+def _break_tile(name: str | None) -> None:
+    """On a worker: make resample's tile task fail for tile ``name`` (None: repair it)."""
+    import image3_dask.graph.resample as resample
+
+    real = resample.__dict__.setdefault("_real_resample_tile", resample.resample_tile)
+    if name is None:
+        resample.resample_tile = real
+        return
+
+    def broken(**kwargs):
+        if kwargs["tile"].name == name:
+            raise RuntimeError(f"worker lost while writing {name}")
+        return real(**kwargs)
+
+    resample.resample_tile = broken  # tasks name their function; workers look it up here
+
+
+def test_a_run_that_failed_during_resample_resumes_on_s3(s3, client, resample_ref):
+    from image3_dask.pipeline.image3 import Image3Pipeline
+
+    out, manifest = f"s3://{BUCKET}/failed", f"{BUCKET}/failed/miri_dither_i2d.zarr.manifest/resample"
+    client.run(_break_tile, "r001c001")
+    try:
+        with pytest.raises(Exception, match="r001c001"):
+            Image3Pipeline.call(ASN, out, steps=RESAMPLE_ONLY, client=client, progress=False,
+                                storage_options=s3.options)
+    finally:
+        client.run(_break_tile, None)
+    s3.fs.invalidate_cache()
+    done = {e: s3.fs.info(e)["ETag"] + str(s3.fs.info(e)["LastModified"])
+            for e in s3.fs.ls(manifest, detail=False, refresh=True)}
+    assert done and not any(e.endswith("r001c001.json") for e in done)
+    assert not s3.fs.exists(f"{BUCKET}/failed/miri_dither_i2d.fits")
+    assert s3.fs.exists(f"{BUCKET}/failed/miri_dither_work")  # kept for the rerun
+    assert not s3.fs.exists(f"{BUCKET}/failed/.miri_dither.image3-dask.lock")  # released
+
+    p = Image3Pipeline.call(ASN, out, steps=RESAMPLE_ONLY, client=client, progress=False,
+                            storage_options=s3.options)
+    s3.fs.invalidate_cache()
+    after = {e: s3.fs.info(e)["ETag"] + str(s3.fs.info(e)["LastModified"])
+             for e in s3.fs.ls(manifest, detail=False, refresh=True)}
+    assert all(after[e] == done[e] for e in done)  # finished tiles reused, not rewritten
+    assert any(e.endswith("r001c001.json") for e in after)
+    got = _arrays(p["i2d"], s3.fs)
+    for name in resample_ref:
+        np.testing.assert_array_equal(got[name], resample_ref[name], err_msg=name)
