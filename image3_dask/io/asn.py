@@ -271,7 +271,12 @@ def load_association(
             log.warning("%s: ignoring %s member %s", path, exptype, expname)
             continue
         if is_url(expname):
-            members.append(location(expname, storage_options))
+            # the run's options (credentials) only go to the association's own store
+            member = location(expname)
+            same = isinstance(member, RemotePath) and isinstance(base, RemotePath) and (
+                member.protocol == base.protocol
+            )
+            members.append(location(expname, storage_options) if same else member)
             continue
         p = Path(expname)
         members.append(p if p.is_absolute() else base / p)

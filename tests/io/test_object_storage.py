@@ -517,3 +517,27 @@ def test_a_run_that_failed_during_resample_resumes_on_s3(s3, client, resample_re
     got = _arrays(p["i2d"], s3.fs)
     for name in resample_ref:
         np.testing.assert_array_equal(got[name], resample_ref[name], err_msg=name)
+
+
+def test_members_resolve_relative_to_the_association_and_keep_the_options_home(s3):
+    from image3_dask.io.asn import load_association
+
+    asn = {
+        "asn_type": "image3", "asn_id": "a3001",
+        "products": [{"name": "p", "members": [
+            {"expname": "a_cal.fits", "exptype": "science"},
+            {"expname": "../other/b_cal.fits", "exptype": "science"},
+            {"expname": "s3://elsewhere/c_cal.fits", "exptype": "science"},
+            {"expname": "https://example.org/d_cal.fits", "exptype": "science"},
+        ]}],
+    }
+    s3.fs.pipe_file(f"{BUCKET}/asns/x/asn.json", json.dumps(asn).encode())
+    got = load_association(f"s3://{BUCKET}/asns/x/asn.json", s3.options)
+    assert [str(m) for m in got.members] == [
+        f"s3://{BUCKET}/asns/x/a_cal.fits",
+        f"s3://{BUCKET}/asns/other/b_cal.fits",
+        "s3://elsewhere/c_cal.fits",
+        "https://example.org/d_cal.fits",
+    ]
+    assert [bool(m.storage_options) for m in got.members] == [True, True, True, False]
+    assert SECRET not in repr(got)
