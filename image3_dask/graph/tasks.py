@@ -27,6 +27,7 @@ __all__ = [
     "TaskLedger",
     "TaskSpec",
     "RunWatcher",
+    "hold",
     "resumable",
     "with_wcs",
 ]
@@ -134,6 +135,11 @@ def resumable(
         record["outputs"] = {str(p): _file_state(p) for p in outputs}
     store.mark_done(stage, name, fp, record)
     return {**info, "reused": False}
+
+
+def hold(obj: Any) -> Any:
+    """Task: return ``obj`` (keeps an object on the cluster as a task result, recomputable)."""
+    return obj
 
 
 def with_wcs(*, task: Callable[..., Any], info: Any, wcs: Any, **kwargs: Any) -> Any:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from image3_dask.graph.tasks import TaskLedger, TaskSpec
+from image3_dask.graph.tasks import TaskLedger, TaskSpec, hold
 from image3_dask.io.asn import Association
 from image3_dask.pipeline.config import PipelineConfig
 
@@ -91,7 +91,15 @@ class RunContext:
         """
         todo = {id(w): w for w in wcses if id(w) not in self._wcs_refs}
         if todo:
-            futures = self.client.scatter(list(todo.values()), hash=False)
+            # a task holding the object, not scattered data: if the worker holding it dies,
+            # the scheduler recomputes it (scattered data would be lost with the worker)
+            first = len(self._wcs_refs)
+            futures = self.submit(
+                [
+                    TaskSpec("wcs", f"{first + k:05d}", hold, (w,))
+                    for k, w in enumerate(todo.values())
+                ]
+            )
             for w, f in zip(todo.values(), futures, strict=True):
                 self._wcs_refs[id(w)] = (w, f)
         return [self._wcs_refs[id(w)][1] for w in wcses]

@@ -142,6 +142,14 @@ def make_certificates(
     return _make_certificates_cryptography(out, hosts, days)
 
 
+def _ca_name() -> str:
+    """A CA name of its own for each set: a peer trusting another set's CA (of the same name)
+    then reports an unknown CA, not a signature that fails to verify."""
+    import secrets
+
+    return f"image3-dask CA {secrets.token_hex(4)}"
+
+
 def _install(path: Path, data: bytes, mode: int) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file, then rename) with ``mode``."""
     import tempfile
@@ -194,7 +202,7 @@ def _make_certificates_openssl(out: Path, hosts: list[str], days: int) -> dict[s
         )
         cmds = [
             [openssl, "req", "-x509", *ec, "-keyout", str(t / "ca.key"), "-out", str(t / "ca.pem"),
-             "-days", str(days), "-subj", "/CN=image3-dask CA",
+             "-days", str(days), "-subj", f"/CN={_ca_name()}",
              "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
              "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"],
             [openssl, "req", *ec, "-keyout", str(t / "key.pem"), "-out", str(t / "req.csr"),
@@ -222,7 +230,7 @@ def _make_certificates_cryptography(out: Path, hosts: list[str], days: int) -> d
     now = _dt.datetime.now(_dt.UTC) - _dt.timedelta(minutes=5)
     until = now + _dt.timedelta(days=days)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "image3-dask CA")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _ca_name())])
     ca_cert = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
