@@ -387,11 +387,6 @@ def pause_when_held(c, job: str, manifest: Path, timeout: float = 300) -> tuple[
         time.sleep(0.05)
 
 
-#: The scheduler's log line when a worker that held data the client scattered dies (data that
-#: cannot be recomputed): since commit d9b7b65 a run scatters each exposure's WCS once.
-SCATTER_LOST = "caused the cluster to lose scattered data"
-
-
 def test_worker_container_killed_mid_resample_gives_the_same_i2d(stack, reference, request):
     """``docker kill`` of a worker container that holds resample tiles (results in memory,
     tasks assigned) in the middle of a submitted job: the scheduler recomputes what it held on
@@ -402,9 +397,8 @@ def test_worker_container_killed_mid_resample_gives_the_same_i2d(stack, referenc
     resumed right after it. The victim is the worker that does not run the job's driver (the
     driver's own death is the other fault test there).
 
-    Known failure (reported as xfail only when the scheduler says so): the WCS a run scatters
-    (``RunContext.wcs_futures``) are not recomputable, so a killed worker that held one fails
-    the job.
+    (This test found that the WCS a run sent with ``client.scatter`` were lost with the
+    killed worker; they are now held by recomputable tasks.)
     """
     from image3_dask.service.status import get_job
 
@@ -434,8 +428,6 @@ def test_worker_container_killed_mid_resample_gives_the_same_i2d(stack, referenc
             release_workers(c)
         t0 = time.monotonic()
         while (rec := get_job(c, job))["state"] != "done":
-            if rec["state"] == "failed" and SCATTER_LOST in stack.logs(tail=100000):
-                pytest.xfail(f"known: {SCATTER_LOST} (the job failed: {rec.get('error')})")
             if rec["state"] != "running" or time.monotonic() - t0 > 600:
                 pytest.fail(f"job after the kill: {json.dumps(rec, indent=1, default=str)}\n"
                             f"{stack.logs()}", pytrace=False)
