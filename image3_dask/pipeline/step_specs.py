@@ -160,7 +160,6 @@ EXTRA_SPECS: dict[str, str] = {
     "tweakreg": """
         align_mode = option('auto', 'global', 'official', default='auto')  # [image3-dask] 'official' aligns every group to one reference group as jwst does; 'global' solves all groups together from every overlapping pair; 'auto' uses global when the groups do not all overlap one another
         abs_refcat_url = string(default='')  # [image3-dask] catalog service queried for abs_refcat = GAIADR3, GAIADR2, GAIADR1 or GAIAREFCAT (default: the ASTROMETRIC_CATALOG_URL environment variable, else https://gsss.stsci.edu/webservices)
-        abs_refcat_url = string(default='')  # [image3-dask] catalog service queried for abs_refcat = GAIADR3, GAIADR2, GAIADR1 or GAIAREFCAT (default: the ASTROMETRIC_CATALOG_URL environment variable, else https://gsss.stsci.edu/webservices)
 """,
     "skymatch": "",
     "outlier_detection": """
