@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A Docker engine and a local Python base image for tests/test_deploy_compose.py, without any
+# A Docker engine and a local Python base image for tests/service/test_deploy_compose.py, without any
 # container registry: Debian's docker.io and docker-compose packages, dockerd started by hand,
 # and a Debian bookworm base image made with debootstrap from the mirror apt already uses.
 #

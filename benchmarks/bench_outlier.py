@@ -7,7 +7,7 @@ records it, so that the ±10 % sky differences of the simulated exposures are no
   subprocess, models opened in memory beforehand, only ``step.run`` timed) against
   ``image3_dask.graph.outlier.run`` on a fresh local cluster of 1 and 2 single-threaded workers
   (workers warmed up, pixel maps included in the time). Also the Jaccard index of the flagged
-  pixel sets and the cosmic-ray recovery of both (criterion of ``tests/test_step_outlier.py``);
+  pixel sets and the cosmic-ray recovery of both (criterion of ``tests/graph/test_outlier_step.py``);
 * memory: mosaics of growing numbers of exposures (``--mosaics``, e.g. 2x2, 2x4, 4x4) with a fixed
   tile size; peak RSS of each worker process (sampled every 10 ms by a thread in the worker while
   the step runs; ``ru_maxrss`` is useless here, Linux keeps the parent's value across exec)

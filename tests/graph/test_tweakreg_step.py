@@ -151,7 +151,7 @@ def test_absolute_refcat_and_gaia(client, dense_dither, dither_run, tmp_path, mo
     print(f"absolute alignment: {before:.3f} -> {absolute:.4f} px (no mean removed)")
     assert absolute < 0.05
     assert all(e.wcs.name.startswith("FIT-LVL3-") for e in out)
-    # Gaia catalogs are fetched from the catalog service (tests/test_gaia.py); unreachable here
+    # Gaia catalogs are fetched from the catalog service (tests/io/test_gaia.py); unreachable here
     monkeypatch.setenv("ASTROMETRIC_CATALOG_URL", "http://127.0.0.1:9")
     for name in ("GAIADR3", "gaiadr2"):
         with pytest.raises(InputError, match="cannot reach the catalog service http://127.0.0.1:9"):

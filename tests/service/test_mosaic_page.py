@@ -194,7 +194,7 @@ def test_page_is_package_data():
     page = _packaged_page().decode()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert 'fetch("state.json"' in page
-    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     package_data = pyproject["tool"]["setuptools"]["package-data"]
     assert "mosaic_page.html" in package_data["image3_dask.service"]
 

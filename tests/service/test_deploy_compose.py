@@ -32,7 +32,7 @@ import yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 #: Set (to 1) by .ci/run once .ci/docker_setup.sh has an engine ready: these tests must run.
 REQUIRE_DOCKER = "IMAGE3_REQUIRE_DOCKER"
@@ -43,7 +43,7 @@ PROJECT = "image3-deploy-test"
 PRODUCT = "miri_dither"
 
 
-# ---- as in tests/test_service_cluster.py (kept here: the two may move apart) -------------------
+# ---- as in tests/service/test_cluster.py (kept here: the two may move apart) -------------------
 
 
 def assert_same_i2d(a: Path, b: Path) -> None:
@@ -392,7 +392,7 @@ def test_worker_container_killed_mid_resample_gives_the_same_i2d(stack, referenc
     tasks assigned) in the middle of a submitted job: the scheduler recomputes what it held on
     the surviving worker and the i2d is bit-identical to the local run.
 
-    As in tests/test_service_cluster.py, the workers are paused before the kill (no task
+    As in tests/service/test_cluster.py, the workers are paused before the kill (no task
     starts, so the job cannot end first and the victim's tasks are known) and the survivor is
     resumed right after it. The victim is the worker that does not run the job's driver (the
     driver's own death is the other fault test there).

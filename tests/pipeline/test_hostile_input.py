@@ -686,7 +686,7 @@ def test_dev_cluster_and_local_cluster_listen_on_loopback_only(tmp_path):
 
 
 def test_readme_recipe_binds_to_loopback():
-    text = (Path(__file__).parents[1] / "README.md").read_text()
+    text = (Path(__file__).parents[2] / "README.md").read_text()
     recipe = text.split("**A scheduler you start**", 1)[1].split("```", 2)[1]
     sched = [ln for ln in recipe.splitlines() if ln.startswith("dask scheduler")]
     worker = [ln for ln in recipe.splitlines() if ln.startswith("dask worker")]

@@ -1,7 +1,7 @@
 """Deployment files: the Slurm job script dask-jobqueue generates, that the compose and
 Kubernetes files hold valid image3-dask commands, and the Kubernetes manifests against the API
 schemas and the Dask operator's CRDs, offline (no Docker engine, Slurm or Kubernetes needed; the
-compose stack is run for real in tests/test_deploy_compose.py)."""
+compose stack is run for real in tests/service/test_deploy_compose.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from image3_dask.pipeline.cluster import (
     make_slurm_cluster,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 JOBQUEUE = ROOT / "deploy" / "slurm" / "jobqueue.yaml"
 
 
@@ -159,7 +159,7 @@ def test_compose_file():
 def test_dockerfile():
     """Both stages start from the BASE_IMAGE argument (python:3.11-slim by default); the image
     is built from the checkout and runs as an unprivileged user. (It is built and run for real
-    by tests/test_deploy_compose.py where a Docker engine is at hand.)"""
+    by tests/service/test_deploy_compose.py where a Docker engine is at hand.)"""
     lines = (ROOT / "deploy" / "Dockerfile").read_text().splitlines()
     assert lines.index("ARG BASE_IMAGE=python:3.11-slim") < min(
         i for i, ln in enumerate(lines) if ln.startswith("FROM "))
