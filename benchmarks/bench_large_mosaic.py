@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import defaultdict
 
 import numpy as np
 from _common import OUT, dataset, local_client, start_rss_sampler, stop_rss_sampler, write_result
@@ -47,6 +48,28 @@ def busy_profile(stream: list[dict], t0: float, t1: float) -> dict:
     spans["parallel_task_seconds"] = parallel_task_seconds
     spans["serial_task_seconds"] = serial_task_seconds
     return spans
+
+
+def alone_by_kind(stream: list[dict], t0: float, t1: float) -> dict[str, float]:
+    """Seconds during which a task of each kind was the only task running."""
+    events = []
+    for rec in stream:
+        kind = str(rec["key"]).split(" ")[0].strip("('\",")
+        for s in rec.get("startstops", []):
+            if s.get("action") == "compute":
+                events.append((max(s["start"], t0), 1, kind))
+                events.append((min(s["stop"], t1), -1, kind))
+    events.sort(key=lambda e: (e[0], e[1]))
+    running: dict[str, int] = defaultdict(int)
+    out: dict[str, float] = defaultdict(float)
+    last = t0
+    for t, d, kind in events:
+        busy = [k for k, n in running.items() if n > 0]
+        if sum(running.values()) == 1:
+            out[busy[0]] += max(0.0, t - last)
+        running[kind] += d
+        last = t
+    return dict(out)
 
 
 def main() -> None:
@@ -114,6 +137,11 @@ def main() -> None:
         "worker_peak_mb": max(peaks.values()),
         "serial_share": serial_wall / wall,
         "busy_profile_s": prof,
+        "alone_by_kind_s": {
+            k: round(v, 2)
+            for k, v in sorted(alone_by_kind(ts.data, t0, t1).items(), key=lambda kv: -kv[1])
+            if v >= 0.1
+        },
         "projected_wall_s": projection,
         "one_worker_s": one_worker,
         "report": str(out / "dask-report.html"),

@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 
 from _common import OUT, dataset, local_client
-from bench_large_mosaic import busy_profile
+from bench_large_mosaic import alone_by_kind, busy_profile
 from run_all import CASES
 
 
@@ -92,6 +92,10 @@ def main() -> None:
         last = max(last, b)
     prof = busy_profile(ts.data, t0, t1)
     print("busy:", {k: round(v, 1) for k, v in prof.items()})
+    print("seconds with exactly one task running, by the task kind running alone:")
+    for kind, sec in sorted(alone_by_kind(ts.data, t0, t1).items(), key=lambda kv: -kv[1]):
+        if sec >= 0.1:
+            print(f"  {kind:32s} {sec:6.1f} s")
 
 
 if __name__ == "__main__":
