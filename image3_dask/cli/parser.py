@@ -110,14 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run tweakreg, skymatch, outlier_detection, resample and "
         "source_catalog. Step parameters: --steps.<step>.<name>=<value> (jwst names).",
     )
-    p.add_argument("inputs", nargs="+", help="association JSON, exposure files, or glob patterns")
-    p.add_argument("-o", "--output-dir", default=None, help="folder for the products (default: .)")
-    p.add_argument("--config", help=CONFIG_HELP)
-    p.add_argument(
-        "--product-name", help="product name when inputs are files rather than an association"
-    )
-    p.add_argument("--keep-work", action="store_true", help="keep the intermediate work folder")
-    add_storage_options(p)
+    _add_run_inputs(p)
     p.add_argument(
         "--disable-crds-steppars",
         action="store_true",
@@ -255,14 +248,8 @@ def _add_page_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-mosaic-page", action="store_true", help="do not serve the mosaic page")
 
 
-def _build_service_parsers(parser, sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "submit",
-        help="hand a run to a running Dask cluster and return at once",
-        description="Validate the inputs here, then run the pipeline as a job on the cluster: "
-        "it goes on after this command returns. Follow it with `image3-dask status`. "
-        "The workers must see the inputs and the output folder under the same paths.",
-    )
+def _add_run_inputs(p: argparse.ArgumentParser) -> None:
+    """The inputs, output folder and parameters of ``run`` and ``submit``."""
     p.add_argument("inputs", nargs="+", help="association JSON, exposure files, or glob patterns")
     p.add_argument("-o", "--output-dir", default=None, help="folder for the products (default: .)")
     p.add_argument("--config", help=CONFIG_HELP)
@@ -271,6 +258,17 @@ def _build_service_parsers(parser, sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--keep-work", action="store_true", help="keep the intermediate work folder")
     add_storage_options(p)
+
+
+def _build_service_parsers(parser, sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "submit",
+        help="hand a run to a running Dask cluster and return at once",
+        description="Validate the inputs here, then run the pipeline as a job on the cluster: "
+        "it goes on after this command returns. Follow it with `image3-dask status`. "
+        "The workers must see the inputs and the output folder under the same paths.",
+    )
+    _add_run_inputs(p)
     p.add_argument("--job-id", help="job id (default: <product>-<8 hex digits>)")
     p.add_argument(
         "--driver-resource",

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from image3_dask.errors import ConfigError
+from image3_dask.io.asdf_tree import plain
 from image3_dask.io.storage import location
 
 log = logging.getLogger("image3_dask")
@@ -310,7 +311,7 @@ def read_pars_file(path: str | os.PathLike, step: str | None = None) -> dict[str
     try:
         with asdf.open(path, lazy_load=False, memmap=False) as af:
             tree = {k: af.tree[k] for k in ("class", "name", "parameters", "steps") if k in af.tree}
-            tree = _plain(tree)
+            tree = plain(tree)
     except Exception as exc:  # asdf raises many kinds for a file that is not ASDF
         raise ConfigError(f"{path}: not a readable CRDS parameter file ({exc})") from None
     cls = str(tree.get("class") or "")
@@ -348,14 +349,6 @@ def read_pars_file(path: str | os.PathLike, step: str | None = None) -> dict[str
                 )
         out[sname] = kept
     return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def fetch_step_pars(

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from image3_dask.errors import ConfigError
+from image3_dask.io.asdf_tree import plain
 from image3_dask.pipeline.config import STEP_PARAMS, PipelineConfig, parse_bool
 from image3_dask.pipeline.step_specs import EXTRA_SPECS, STEP_ORDER
 
@@ -342,19 +343,11 @@ def _read_asdf_tree(path: Path) -> dict[str, Any]:
     try:
         with asdf.open(path, lazy_load=False, memmap=False) as af:
             tree = {k: v for k, v in af.tree.items() if not k.startswith(("asdf_", "history"))}
-            return _plain(tree)
+            return plain(tree)
     except FileNotFoundError:
         raise ConfigError(f"{path}: parameter file not found") from None
     except Exception as exc:  # asdf raises many kinds for a file that is not ASDF
         raise ConfigError(f"{path}: not a readable ASDF parameter file ({exc})") from None
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _from_asdf(tree: dict[str, Any], path: Path) -> dict[str, Any]:
