@@ -267,7 +267,7 @@ def test_global_solve_with_pairs_matched_in_parallel_tasks(mosaic, client):
     """
     from distributed import get_task_stream
 
-    from image3_dask.graph.tweakreg import pair_tasks
+    from image3_dask.graph.tweakreg_tasks import pair_tasks
 
     m = mosaic
     gids = list(range(9))

@@ -365,7 +365,7 @@ def _meta(instrument="MIRI", filt="F770W", pupil=None, subarray="FULL"):
 
 
 def test_refdata_sources_and_errors(runs, tmp_path, caplog):
-    from image3_dask.graph.catalog import resolve_refdata
+    from image3_dask.graph.catalog_refdata import resolve_refdata
     from image3_dask.io.crds_refs import References
     from image3_dask.pipeline.config import PipelineConfig
 

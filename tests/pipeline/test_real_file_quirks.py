@@ -524,7 +524,7 @@ def test_quirky_tweakreg_catalogs_equal_jwst(quirky, tmp_path):
     from astropy.table import Table
     from jwst.tweakreg import TweakRegStep
 
-    from image3_dask.graph.tweakreg import catalog_task, finder_params
+    from image3_dask.graph.tweakreg_tasks import catalog_task, finder_params
     from image3_dask.io.exposures import read_exposure_info
     from image3_dask.pipeline.config import PipelineConfig
 
