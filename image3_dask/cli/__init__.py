@@ -1,10 +1,10 @@
-"""The ``image3-dask`` command: run, strun, submit, status, cancel, certs, simulate, asn, config,
-demo.
+"""The ``image3-dask`` command: run, strun, submit, status, cancel, serve, certs, simulate, asn,
+config, demo.
 
 The parser is in :mod:`image3_dask.cli.parser`, the options shared by the subcommands (checked
 before a cluster starts) in :mod:`image3_dask.cli.options`, and the subcommands in
 :mod:`image3_dask.cli.run` (run, strun, demo), :mod:`image3_dask.cli.tools` (simulate, asn,
-config) and :mod:`image3_dask.cli.service` (submit, status, cancel, certs).
+config) and :mod:`image3_dask.cli.service` (submit, status, cancel, serve, certs).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from image3_dask.cli.options import setup_logging
 from image3_dask.cli.parser import build_parser, dashed, split_step_overrides
 from image3_dask.cli.run import cmd_demo, cmd_run, cmd_strun
-from image3_dask.cli.service import cmd_cancel, cmd_certs, cmd_status, cmd_submit
+from image3_dask.cli.service import cmd_cancel, cmd_certs, cmd_serve, cmd_status, cmd_submit
 from image3_dask.cli.tools import cmd_asn, cmd_config, cmd_simulate
 from image3_dask.errors import ConfigError, Image3Error
 
@@ -39,6 +39,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "submit": cmd_submit,
     "status": cmd_status,
     "cancel": cmd_cancel,
+    "serve": cmd_serve,
     "certs": cmd_certs,
 }
 

@@ -304,6 +304,35 @@ def _build_service_parsers(parser, sub) -> argparse.ArgumentParser:
     _add_remote_args(p)
 
     p = sub.add_parser(
+        "serve",
+        help="a web page of the jobs of a scheduler",
+        description="Serve a page listing the jobs the scheduler knows (state, step, progress, "
+        "start/end, products, errors, links to the Dask dashboard), refreshed every 2 s. It "
+        "listens on 127.0.0.1 and answers only the address printed (it holds a random token) "
+        "and Host headers naming this machine. Stop it with Ctrl-C.",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default: 127.0.0.1, this machine only); browsers must "
+        "still send a Host header of 127.0.0.1, localhost, this address or an --allow-host name",
+    )
+    p.add_argument("--port", type=int, default=0, help="port (default: a free one, printed)")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another host name browsers reach the page by (repeat), e.g. the machine's name",
+    )
+    p.add_argument(
+        "--dashboard",
+        metavar="URL",
+        help="link to the Dask dashboard (default: the scheduler's own, when it has one)",
+    )
+    _add_remote_args(p)
+
+    p = sub.add_parser(
         "certs",
         help="write a private CA and a TLS certificate for tls:// clusters",
         description="Writes ca.pem, cert.pem and key.pem (mode 0600). One certificate for the "

@@ -1,4 +1,5 @@
-"""``image3-dask submit``, ``status``, ``cancel`` and ``certs``: jobs on a running cluster."""
+"""``image3-dask submit``, ``status``, ``cancel``, ``serve`` and ``certs``: jobs on a running
+cluster."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from image3_dask.cli.options import load_config, remote_client, storage_options
 from image3_dask.errors import ConfigError
 
-__all__ = ["cmd_cancel", "cmd_certs", "cmd_status", "cmd_submit"]
+__all__ = ["cmd_cancel", "cmd_certs", "cmd_serve", "cmd_status", "cmd_submit"]
 
 
 def cmd_submit(args) -> int:
@@ -116,6 +117,54 @@ def cmd_cancel(args) -> int:
         print(f"job {args.job} already ended ({rec['state']})")
     else:
         print(f"asked job {args.job} to stop; `image3-dask status {args.job}` shows when it has")
+    return 0
+
+
+def cmd_serve(args, stop=None) -> int:
+    """``image3-dask serve``: the jobs page of a scheduler, until Ctrl-C (or ``stop`` is set).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed arguments (``--host``, ``--port``, ``--allow-host``, ``--dashboard`` and the
+        scheduler's).
+    stop : threading.Event, optional
+        Ends the command when set (for tests); by default it runs until interrupted.
+
+    Returns
+    -------
+    int
+        0 once stopped.
+    """
+    import threading
+
+    from image3_dask.service.jobs_page import JobsPage
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: give 0 (a free port) to 65535")
+    if args.dashboard and not args.dashboard.lower().startswith(("http://", "https://")):
+        raise ConfigError(f"--dashboard {args.dashboard}: give an http:// or https:// URL")
+    stop = stop or threading.Event()
+    with remote_client(args) as client:
+        try:
+            page = JobsPage(
+                client,
+                host=args.host,
+                port=args.port,
+                allow_hosts=args.allow_host,
+                dashboard=args.dashboard,
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})"
+            ) from None
+        with page:
+            print(f"Jobs page: {page.url}", flush=True)
+            try:
+                while not stop.wait(0.5):
+                    pass
+            except KeyboardInterrupt:
+                pass
     return 0
 
 

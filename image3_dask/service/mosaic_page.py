@@ -23,33 +23,27 @@ Where the states come from:
 The page itself (HTML, CSS and JavaScript) is the package data file ``mosaic_page.html`` beside
 this module, read with :mod:`importlib.resources`.
 
-Access, as Jupyter's: the page listens on ``127.0.0.1`` and answers only requests that carry
-the run's random token (``?token=...`` in the URL the run prints; the first such request sets a
-cookie, ``HttpOnly`` and ``SameSite=Strict``, so that the page's own fetches need no token) and
-whose ``Host`` header names this machine (``127.0.0.1``, ``localhost``, ``::1`` or the address
-the page is bound to, any port): another local user, or a web site that rebinds its DNS name to
-127.0.0.1, gets ``403``.
+Access (:mod:`image3_dask.service.local_web`, shared with the jobs page): the page listens on
+``127.0.0.1`` and answers only requests that carry the run's random token (``?token=...`` in the
+URL the run prints, then a cookie) and whose ``Host`` header names this machine; others get
+``403``.
 """
 
 from __future__ import annotations
 
 import functools
-import hmac
-import http.cookies
 import importlib.resources
 import json
 import logging
-import secrets
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 
 from image3_dask.graph.tasks import RunWatcher
+from image3_dask.service.local_web import LOCAL_HOSTS, TokenPage, host_name
 
 log = logging.getLogger("image3_dask")
 
@@ -380,81 +374,7 @@ def _page_html() -> bytes:
     return importlib.resources.files(__package__).joinpath("mosaic_page.html").read_bytes()
 
 
-#: Host names the page answers to, besides the address it is bound to (any port).
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-def host_name(host_header: str) -> str:
-    """The host of a ``Host`` header without its port (``[::1]:8000`` -> ``::1``), lowercase."""
-    h = host_header.strip().lower()
-    if h.startswith("["):
-        return h[1:].split("]", 1)[0]
-    if h.count(":") == 1:
-        return h.split(":", 1)[0]
-    return h
-
-
-class _Handler(BaseHTTPRequestHandler):
-    page: MosaicPage  # set on the subclass made per server
-
-    def do_GET(self):  # noqa: N802 - http.server's name
-        url = urllib.parse.urlsplit(self.path)
-        allowed = self.page.allowed_hosts
-        if host_name(self.headers.get("Host", "")) not in allowed:
-            self._refuse("this page answers only to " + ", ".join(sorted(allowed)))
-            return
-        given = urllib.parse.parse_qs(url.query).get("token", [""])[-1]
-        cookie = http.cookies.SimpleCookie()
-        try:
-            cookie.load(self.headers.get("Cookie", ""))
-        except http.cookies.CookieError:
-            pass
-        morsel = cookie.get(self.page.cookie_name)
-        from_query = self.page.check_token(given)
-        if not (from_query or (morsel is not None and self.page.check_token(morsel.value))):
-            self._refuse(
-                "token missing or wrong: open the address image3-dask printed "
-                "(Mosaic page: http://127.0.0.1:PORT/?token=...)"
-            )
-            return
-        if url.path in ("/", "/index.html"):
-            body, ctype = _page_html(), "text/html; charset=utf-8"
-        elif url.path == "/state.json":
-            body, ctype = json.dumps(self.page.state()).encode(), "application/json"
-        else:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self._common_headers()
-        if from_query:
-            self.send_header(
-                "Set-Cookie",
-                f"{self.page.cookie_name}={self.page.token}; Path=/; HttpOnly; SameSite=Strict",
-            )
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _common_headers(self) -> None:
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Referrer-Policy", "no-referrer")  # the token stays on this page
-        self.send_header("X-Content-Type-Options", "nosniff")
-
-    def _refuse(self, why: str) -> None:
-        body = f"403 Forbidden: {why}\n".encode()
-        self.send_response(403)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self._common_headers()
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format, *args):  # noqa: A002 - http.server's signature
-        log.debug("mosaic page: " + format, *args)
-
-
-class MosaicPage:
+class MosaicPage(TokenPage):
     """The web page of one run, served from a thread of this process.
 
     Parameters
@@ -471,7 +391,15 @@ class MosaicPage:
         Least seconds between two questions to the scheduler.
     token : str, optional
         The secret every request must carry (default: 32 random bytes, URL-safe).
+
+    Notes
+    -----
+    The token, its cookie and the ``Host`` check are :class:`~image3_dask.service.local_web.
+    TokenPage`'s.
     """
+
+    title = "Mosaic page"
+    cookie_prefix = "image3_mosaic_token"
 
     def __init__(
         self,
@@ -482,53 +410,23 @@ class MosaicPage:
         poll_interval: float = 0.5,
         token: str | None = None,
     ):
+        super().__init__(host=host, port=port, token=token)
         self.monitor = monitor
         self.client = client
         self.poll_interval = poll_interval
-        #: The secret in the page's URL (``?token=...``) and in its cookie.
-        self.token = token or secrets.token_urlsafe(32)
         self._last_poll = 0.0
         self._poll_lock = threading.Lock()
-        handler = type("MosaicPageHandler", (_Handler,), {"page": self})
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
         #: Disconnects the monitor from the run's tasks (set by :func:`start_mosaic_page`).
         self._watched = threading.Event()
         self._final_served = threading.Event()
 
-    @property
-    def base_url(self) -> str:
-        """``http://HOST:PORT/`` of the page (without the token: answered with 403)."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/"
-
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT/?token=TOKEN``: the address to open."""
-        return f"{self.base_url}?token={self.token}"
-
-    @property
-    def cookie_name(self) -> str:
-        """The cookie holding the token (one per port: cookies do not tell ports apart)."""
-        return f"image3_mosaic_token_{self._server.server_address[1]}"
-
-    @property
-    def allowed_hosts(self) -> frozenset[str]:
-        """Host names accepted in the ``Host`` header (:data:`LOCAL_HOSTS` and the bound one)."""
-        return LOCAL_HOSTS | {str(self._server.server_address[0]).lower()}
-
-    def check_token(self, given: str) -> bool:
-        """Whether ``given`` is the page's token (compared in constant time)."""
-        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
-
-    def start(self) -> MosaicPage:
-        """Serve in a daemon thread; returns self."""
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="image3-dask-mosaic-page", daemon=True
-        )
-        self._thread.start()
-        return self
+    def respond(self, path: str) -> tuple[bytes, str] | None:
+        """``/``: the page; ``/state.json``: :meth:`state`; anything else: `None` (404)."""
+        if path in ("/", "/index.html"):
+            return _page_html(), "text/html; charset=utf-8"
+        if path == "/state.json":
+            return json.dumps(self.state()).encode(), "application/json"
+        return None
 
     def stop(self, linger: float = 0.0) -> None:
         """Stop serving, free the port, and stop listening to the run's tasks.
@@ -542,17 +440,7 @@ class MosaicPage:
         """
         if linger > 0 and self._watched.is_set() and self.monitor.status != "running":
             self._final_served.wait(linger)
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> MosaicPage:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        super().stop()
 
     def poll(self) -> None:
         """Ask the scheduler which tasks are running (at most every ``poll_interval``)."""

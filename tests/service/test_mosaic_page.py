@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import socket
 import threading
 import time
@@ -14,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers.browser import chromium
 
 from image3_dask.service.mosaic_page import (
     STATES,
@@ -325,33 +324,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-#: Set (to 1) by .ci/run when it installed chromium and its driver: the browser test must run.
-REQUIRE_BROWSER = "IMAGE3_REQUIRE_BROWSER"
-
-
-def _chromium() -> tuple[str, str]:
-    """Chromium and chromedriver; skip without them, unless :data:`REQUIRE_BROWSER` says fail."""
-    required = os.environ.get(REQUIRE_BROWSER, "") not in ("", "0")
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not browser or not driver:
-        missing = " and ".join(n for n, p in (("chromium", browser), ("chromedriver", driver))
-                               if not p)
-        msg = (f"{missing} not found: Debian's chromium and chromium-driver are not installed "
-               "(.ci/run installs them: apt-get install chromium chromium-driver)")
-        if required:
-            pytest.fail(f"{REQUIRE_BROWSER}=1 but {msg}", pytrace=False)
-        pytest.skip(msg)
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        msg = "selenium (the [test] extra) is not installed"
-        if required:
-            pytest.fail(f"{REQUIRE_BROWSER}=1 but {msg}", pytrace=False)
-        pytest.skip(msg)
-    return browser, driver
-
-
 _GATE = threading.Event()
 
 
@@ -365,7 +337,7 @@ def _gated_resample_tile(*args, **kwargs):
 
 @pytest.mark.slow
 def test_page_in_headless_chromium(tiny, tmp_path, monkeypatch, caplog):
-    browser, driver_path = _chromium()
+    browser, driver_path = chromium()
     from distributed import Client, LocalCluster
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
