@@ -11,7 +11,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,18 @@ from stdatamodels.jwst.datamodels import dqflags
 
 from image3_dask.io.asn import make_association, write_association
 from image3_dask.simulate import wcs as simwcs
-from image3_dask.simulate.instruments import Detector, Instrument, get_instrument
+from image3_dask.simulate.detector import (
+    bad_pixels,
+    bad_pixels_in,
+    cosmic_rays,
+    electron_scale,
+    image2_background_meta,
+    is_whole_array,
+    pixel_area,
+    reference_pixel_mask,
+    subarray_json,
+)
+from image3_dask.simulate.instruments import Instrument, get_instrument
 from image3_dask.simulate.patterns import dither_pattern, field_extent_ideal, mosaic_pattern
 from image3_dask.simulate.psf import get_psf
 from image3_dask.simulate.quirks import (
@@ -73,124 +83,6 @@ class SimulationResult:
     cal_paths: list[Path]
     truth_path: Path
     truth: Truth
-
-
-@lru_cache(maxsize=16)
-def _area_map(inst_key: str, det_name: str, shape: tuple[int, int], coeff_key: str):
-    import json
-
-    inst = get_instrument(inst_key)
-    det = inst.detectors[det_name]
-    dist = simwcs.distortion_model(inst, det, shape, json.loads(coeff_key))
-    area = simwcs.pixel_area_map(dist, shape)
-    area.flags.writeable = False
-    return area
-
-
-def _area(inst: Instrument, det: Detector, shape, coeffs) -> np.ndarray:
-    import json
-
-    return _area_map(inst.key, det.name, tuple(shape), json.dumps(coeffs))
-
-
-def _ref_pixel_mask(inst: Instrument, shape) -> np.ndarray:
-    ny, nx = shape
-    mask = np.zeros(shape, bool)
-    c, r = inst.ref_columns, inst.ref_rows
-    if c:
-        mask[:, :c] = True
-        mask[:, nx - c :] = True
-    if r:
-        mask[:r, :] = True
-        mask[ny - r :, :] = True
-    return mask
-
-
-def _bad_pixels(rng, inst: Instrument, shape, fraction: float) -> dict[str, np.ndarray]:
-    ny, nx = shape
-    valid = np.flatnonzero(~_ref_pixel_mask(inst, shape).ravel())
-    nbad = int(round(fraction * valid.size))
-    idx = np.sort(rng.choice(valid, size=nbad, replace=False)) if nbad else np.zeros(0, int)
-    hot = rng.uniform(0, 1, nbad) < 0.5
-    value = np.where(
-        hot,
-        inst.sky_mjysr * rng.uniform(5.0, 100.0, nbad),
-        -inst.sky_mjysr * rng.uniform(0.0, 2.0, nbad),
-    )
-    return {
-        "y": idx // nx,
-        "x": idx % nx,
-        "kind": np.where(hot, "hot", "dead"),
-        "value": value,
-    }
-
-
-def _cosmic_rays(rng, shape, rate: float, sigma: float, allowed: np.ndarray):
-    """Single-pixel hits and short tracks; returns pixel y, x and added values (MJy/sr)."""
-    ny, nx = shape
-    nev = rng.poisson(rate * ny * nx)
-    img = np.zeros(shape)
-    for _ in range(nev):
-        y0, x0 = rng.uniform(0, ny), rng.uniform(0, nx)
-        amp = sigma * 10 ** rng.uniform(np.log10(20.0), np.log10(500.0))
-        if rng.uniform() < 0.5:
-            ys, xs = np.array([int(y0)]), np.array([int(x0)])
-            vals = np.array([amp])
-        else:
-            length = rng.uniform(2.0, 8.0)
-            ang = rng.uniform(0, np.pi)
-            t = np.arange(0.0, length + 0.25, 0.5)
-            pts = np.unique(
-                np.stack([(y0 + t * np.sin(ang)).astype(int), (x0 + t * np.cos(ang)).astype(int)]),
-                axis=1,
-            )
-            ys, xs = pts
-            vals = amp * rng.uniform(0.5, 1.0, ys.size)
-        ok = (ys >= 0) & (ys < ny) & (xs >= 0) & (xs < nx)
-        np.add.at(img, (ys[ok], xs[ok]), vals[ok])
-    img[~allowed] = 0.0
-    yy, xx = np.nonzero(img)
-    return yy, xx, img[yy, xx]
-
-
-def _plain(sub: Subarray, shape) -> bool:
-    """Whether a file covers the whole simulated array (no subarray geometry to apply)."""
-    return sub.shape == tuple(shape) and sub.xstart == 1 and sub.ystart == 1
-
-
-def _json_subarray(spec):
-    if isinstance(spec, Subarray):
-        return spec.to_json()
-    if isinstance(spec, (str, dict)) or spec is None:
-        return spec
-    return [_json_subarray(s) for s in spec]
-
-
-def _bad_pixels_in(bad: dict[str, np.ndarray], sub: Subarray) -> dict[str, np.ndarray]:
-    """The detector's bad pixels that fall in a subarray, in the subarray's coordinates."""
-    ys, xs = sub.slices
-    keep = (bad["y"] >= ys.start) & (bad["y"] < ys.stop) & (bad["x"] >= xs.start)
-    keep &= bad["x"] < xs.stop
-    out = {k: v[keep] for k, v in bad.items()}
-    out["y"] = out["y"] - ys.start
-    out["x"] = out["x"] - xs.start
-    return out
-
-
-def _image2_background(mode: str | None, subtracted: float, sky: float) -> dict | None:
-    """``meta.background`` written for an ``image2_background`` mode (None: left unset)."""
-    if mode == "subtracted":
-        return {"level": subtracted, "subtracted": True, "method": "local"}
-    if mode == "recorded":
-        return {"level": float(sky), "subtracted": False, "method": "local"}
-    if mode == "undefined":
-        return {"level": float(sky), "subtracted": None, "method": "local"}
-    return None
-
-
-def _electron_scale(inst: Instrument, area_true: np.ndarray, area_nom: float) -> np.ndarray:
-    """Surface brightness (MJy/sr) of one electron in each pixel."""
-    return inst.photmjsr * area_nom / (area_true * inst.gain * inst.exposure_time)
 
 
 def simulate(
@@ -375,7 +267,7 @@ def simulate(
         "product_name": product_name,
         "asn_id": asn_id,
         "oversample": oversample,
-        "subarray": None if subarray is None else _json_subarray(subarray),
+        "subarray": None if subarray is None else subarray_json(subarray),
         "dq_extras": dq_extras,
         "image2_background": image2_background,
         "visits": visits if isinstance(visits, int) else [list(v) for v in visits],
@@ -462,10 +354,10 @@ def simulate(
 
     # ---- per-detector static properties ---------------------------------------------------
     nominal_area = (inst.pixel_scale / 3600.0 * np.pi / 180.0) ** 2
-    refmask = _ref_pixel_mask(inst, shape)
+    refmask = reference_pixel_mask(inst, shape)
     det_info = {}
     for d in dets:
-        bp = _bad_pixels(rng_bad, inst, shape, bad_pixel_fraction)
+        bp = bad_pixels(rng_bad, inst, shape, bad_pixel_fraction)
         det_info[d.name] = {
             "v2_ref": d.v2_ref,
             "v3_ref": d.v3_ref,
@@ -505,15 +397,15 @@ def simulate(
             rng = np.random.default_rng(seed_j)
             true_att = simwcs.attitude_for_detector(true_primary, det)
             written_att = simwcs.attitude_for_detector(written_primary, det)
-            area = _area(inst, det, shape, coeffs[det.name])
+            area = pixel_area(inst, det, shape, coeffs[det.name])
             det_refmask, bad = refmask, det_info[det.name]["_bp"]
-            if not _plain(sub, shape):
+            if not is_whole_array(sub, shape):
                 # meta.wcsinfo of a subarray aperture is referred to the subarray's centre
                 v2s, v3s = simwcs.subarray_reference_v2v3(inst, det, shape, sub, coeffs[det.name])
                 true_att = simwcs.attitude_at(true_att, v2s, v3s)
                 written_att = simwcs.attitude_at(written_att, v2s, v3s)
                 area, det_refmask = area[sub.slices], refmask[sub.slices]
-                bad = _bad_pixels_in(bad, sub)
+                bad = bad_pixels_in(bad, sub)
             w_true = simwcs.make_wcs(inst, det, shape, true_att, coeffs[det.name], sub)
             w_written = simwcs.make_wcs(inst, det, shape, written_att, coeffs[det.name], sub)
             arrays, cr = _exposure_arrays(
@@ -565,7 +457,7 @@ def simulate(
                 },
                 asn_table="asn.json",
                 subarray=sub,
-                background=_image2_background(image2_background, subtracted, sky_levels[i]),
+                background=image2_background_meta(image2_background, subtracted, sky_levels[i]),
                 bkg_subtract=image2_background in ("bkg_subtract", "subtracted"),
             )
             name = cal_filename(meta, det)
@@ -591,7 +483,7 @@ def simulate(
                     sky_mjysr=float(sky_levels[i]),
                     start_mjd=start_mjd,
                     cosmic_rays=cr,
-                    subarray=None if _plain(sub, shape) else sub.to_json(),
+                    subarray=None if is_whole_array(sub, shape) else sub.to_json(),
                     background_subtracted=subtracted,
                 )
             )
@@ -674,7 +566,7 @@ def _exposure_arrays(
     saturation: float = np.inf,
 ):
     model = _model_image(sources, w_true, shape, psf, area, sky_level, oversample)
-    k = _electron_scale(inst, area, nominal_area)
+    k = electron_scale(inst, area, nominal_area)
     var_poisson = np.clip(model, 0.0, None) * k
     var_rnoise = (inst.read_noise * k) ** 2
     var_flat = (FLAT_ERROR * model) ** 2
@@ -688,7 +580,7 @@ def _exposure_arrays(
         allowed[bad["y"], bad["x"]] = False
     k_nom = inst.photmjsr / (inst.gain * inst.exposure_time)
     sigma_sky = float(np.sqrt(sky_level * k_nom + (inst.read_noise * k_nom) ** 2))
-    cy, cx, cv = _cosmic_rays(rng, shape, cosmic_ray_rate, sigma_sky, allowed)
+    cy, cx, cv = cosmic_rays(rng, shape, cosmic_ray_rate, sigma_sky, allowed)
     data[cy, cx] += cv.astype(np.float32)
     if bad["y"].size:
         data[bad["y"], bad["x"]] = bad["value"]
@@ -735,7 +627,7 @@ def truth_image(
     det = inst.detectors[e.detector]
     shape = truth.shape
     coeffs = truth.detectors[e.detector]["distortion"]
-    area = _area(inst, det, shape, coeffs)
+    area = pixel_area(inst, det, shape, coeffs)
     sub = e.subarray_obj()
     if sub is not None:
         area, shape = area[sub.slices], sub.shape
