@@ -165,7 +165,9 @@ def test_dockerfile():
         i for i, ln in enumerate(lines) if ln.startswith("FROM "))
     froms = [ln.split()[1] for ln in lines if ln.startswith("FROM ")]
     assert froms == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
-    assert "COPY image3_dask ./image3_dask" in lines and '".[cluster]"' in "\n".join(lines)
+    assert "COPY image3_dask ./image3_dask" in lines and '".[${EXTRAS}]"' in "\n".join(lines)
+    # the extras are a build argument (the S3 variant adds cloud), cluster unless set
+    assert "ARG EXTRAS=cluster" in lines and 'ARG EXTRA_PACKAGES=""' in lines
     assert "USER image3" in lines
     assert not any(("curl " in ln or "wget " in ln or "git clone" in ln) for ln in lines)
 
@@ -203,7 +205,9 @@ def test_kubernetes_manifests():
 # ---- Kubernetes manifests against the API schemas, offline -------------------------------------
 
 K8S_MANIFESTS = [ROOT / "deploy/kubernetes/daskcluster.yaml",
-                 ROOT / "deploy/kubernetes/submit-job.yaml"]
+                 ROOT / "deploy/kubernetes/submit-job.yaml",
+                 ROOT / "deploy/kubernetes/daskcluster-s3.yaml",
+                 ROOT / "deploy/kubernetes/submit-job-s3.yaml"]
 #: Kubernetes versions the manifests target (README, deploy section): each is checked against
 #: that version's API schemas as kubernetes-validate ships them.
 K8S_VERSIONS = [f"1.{minor}" for minor in range(30, 38)]
@@ -310,7 +314,8 @@ def test_kubernetes_manifests_validate_offline():
                          ("kubernetes.dask.org/v1", "DaskAutoscaler")}
     docs = manifest_docs()
     assert {d["kind"] for _, d in docs} == {"PersistentVolumeClaim", "DaskCluster",
-                                           "DaskAutoscaler", "Job"}
+                                           "DaskAutoscaler", "Job", "Secret"}
+    assert {name for name, _ in docs} == {p.name for p in K8S_MANIFESTS}
     errors = [f"{name}: {e}" for name, d in docs for e in k8s_errors(d, crds)]
     assert not errors, "\n".join(errors)
 
@@ -344,8 +349,101 @@ def test_kubernetes_validation_finds_errors(kind, path, value, needle):
     one broken field in a copy of a manifest is reported, by its path."""
     pytest.importorskip("kubernetes_validate")
     crds = crd_validators()
-    (doc,) = [d for _, d in manifest_docs() if d["kind"] == kind]
+    doc = next(d for name, d in manifest_docs() if d["kind"] == kind and "-s3" not in name)
     newest = K8S_VERSIONS[-1:]
     assert k8s_errors(doc, crds, newest) == []
     errors = k8s_errors(_set(doc, path, value), crds, newest)
     assert errors and all(needle in e for e in errors), errors
+
+
+# ---- the variants without a shared disk: an S3-compatible store --------------------------------
+
+
+def _s3_urls(argv: list[str]) -> tuple[str, str]:
+    """The input and ``--output-dir``/``-o`` of an ``image3-dask submit`` command."""
+    flag = "--output-dir" if "--output-dir" in argv else "-o"
+    return argv[2], argv[argv.index(flag) + 1]
+
+
+def test_compose_s3_file():
+    """deploy/compose-s3.yml: the base file's cluster with no volume at all; the workers and the
+    submitting container reach the store through AWS_ENDPOINT_URL, the job's inputs and
+    products are s3:// URLs; the image carries s3fs (extra cloud) and the stand-in store."""
+    base = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    compose = yaml.safe_load((ROOT / "deploy/compose-s3.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"s3", "scheduler", "worker", "submit"}
+    assert "volumes" not in compose
+    for name, svc in services.items():
+        assert "volumes" not in svc, name  # no shared disk anywhere
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+        assert svc["image"] == "image3-dask-s3:0.1.0" and svc["init"] is True
+        build = svc["build"]
+        assert (ROOT / "deploy" / build["context"]).resolve() == ROOT  # paths: from deploy/
+        assert build["dockerfile"] == "deploy/Dockerfile"
+        assert build["args"]["EXTRAS"] == "cluster,cloud"
+        assert build["args"]["EXTRA_PACKAGES"].startswith("moto[server]")
+        assert build["args"]["BASE_IMAGE"] == "${BASE_IMAGE:-python:3.11-slim}"
+    assert services["s3"]["command"][0] == "moto_server"
+    port = services["s3"]["command"][services["s3"]["command"].index("-p") + 1]
+    # the same scheduler and workers as the shared-disk file (they must not drift apart)
+    assert services["worker"]["command"] == base["worker"]["command"]
+    assert services["scheduler"]["command"] == base["scheduler"]["command"]
+    for name in ("worker", "submit"):
+        env = services[name]["environment"]
+        assert env["AWS_ENDPOINT_URL"] == f"http://s3:{port}", name
+        assert env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"], name
+        assert services[name]["depends_on"]["s3"] == {"condition": "service_healthy"}
+    cmd = services["submit"]["command"]
+    assert cmd[:2] == ["sh", "-c"]
+    submits = []
+    for part in cmd[2].split("&&"):
+        argv = shlex.split(part)
+        if argv[0] == "image3-dask":
+            parses_as_cli(argv)
+            if argv[1] == "submit":
+                submits.append(argv)
+    (submit,) = submits
+    inputs, output = _s3_urls(submit)
+    assert inputs.startswith("s3://image3/") and output.startswith("s3://image3/")
+    assert "--wait" in submit
+
+
+def test_kubernetes_s3_manifests():
+    """deploy/kubernetes/*-s3.yaml: no PersistentVolumeClaim and no volume in any pod; the
+    workers and the submitting job take the AWS_* variables from the Secret the file
+    defines; the job's inputs and products are s3:// URLs; the workers are daskcluster.yaml's."""
+    docs = {}
+    for name in ("daskcluster-s3.yaml", "submit-job-s3.yaml"):
+        for d in yaml.safe_load_all((ROOT / "deploy/kubernetes" / name).read_text()):
+            docs[d["kind"]] = d
+    assert set(docs) == {"Secret", "DaskCluster", "DaskAutoscaler", "Job"}
+    secret = docs["Secret"]
+    assert {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(
+        secret["stringData"])
+    shared = {d["kind"]: d for d in yaml.safe_load_all(
+        (ROOT / "deploy/kubernetes/daskcluster.yaml").read_text())}
+    pods = {
+        "worker": docs["DaskCluster"]["spec"]["worker"]["spec"],
+        "scheduler": docs["DaskCluster"]["spec"]["scheduler"]["spec"],
+        "job": docs["Job"]["spec"]["template"]["spec"],
+    }
+    for name, pod in pods.items():
+        assert "volumes" not in pod, name
+        for c in pod["containers"]:
+            assert "volumeMounts" not in c, name
+            assert c["image"].endswith("/image3-dask-s3:0.1.0"), name
+    for name in ("worker", "job"):
+        (c,) = pods[name]["containers"]
+        assert c["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}], name
+    worker = pods["worker"]["containers"][0]
+    assert worker["args"] == shared["DaskCluster"]["spec"]["worker"]["spec"]["containers"][0][
+        "args"]
+    args = pods["job"]["containers"][0]["args"]
+    parses_as_cli(args)
+    inputs, output = _s3_urls(args)
+    assert inputs.startswith("s3://") and output.startswith("s3://")
+    # the scheduler the job submits to is the one the DaskCluster's name makes
+    assert args[args.index("--scheduler") + 1] == (
+        f"tcp://{docs['DaskCluster']['metadata']['name']}-scheduler:8786")

@@ -10,7 +10,8 @@ base image the tests skip with the reason; with ``IMAGE3_REQUIRE_DOCKER=1`` they
 
 The image is built under the compose file's tag (``image3-dask:0.1.0``) from this checkout; the
 stack runs as the compose project :data:`PROJECT` on free loopback ports and is removed with its
-volume afterwards.
+volume afterwards. The variant without a shared disk (``deploy/compose-s3.yml``: moto's S3
+server in place of the volume) is run likewise as :data:`PROJECT_S3`.
 """
 
 from __future__ import annotations
@@ -174,10 +175,15 @@ class Stack:
     ----------
     workdir : Path
         Folder for the override file and logs.
+    compose_file : Path
+        The compose file (docker-compose.yml, or deploy/compose-s3.yml).
+    project : str
+        The compose project's name.
     """
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, compose_file: Path = COMPOSE_FILE, project: str = PROJECT):
         self.workdir = workdir
+        self.project = project
         self.scheduler_port = free_port()
         self.env = dict(
             os.environ,
@@ -190,7 +196,7 @@ class Stack:
         override = workdir / "compose.test-override.yml"
         override.write_text(yaml.safe_dump({"services": {"scheduler": {"environment": [
             "DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH=1000000"]}}}))
-        self.argv = [*compose_command(), "-p", PROJECT, "-f", str(COMPOSE_FILE),
+        self.argv = [*compose_command(), "-p", project, "-f", str(compose_file),
                      "-f", str(override)]
 
     @property
@@ -215,7 +221,7 @@ class Stack:
 
     def containers(self, service: str) -> list[str]:
         """IDs of the project's running containers of ``service``."""
-        r = _run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}",
+        r = _run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}",
                   "--filter", f"label=com.docker.compose.service={service}"], 60)
         assert r.returncode == 0, r.stderr
         return r.stdout.split()
@@ -223,7 +229,7 @@ class Stack:
     def data_dir(self) -> Path:
         """Where the project's ``data`` volume (``/data`` in the containers) is on this machine."""
         r = _run(["docker", "volume", "ls", "-q", "--filter",
-                  f"label=com.docker.compose.project={PROJECT}"], 60)
+                  f"label=com.docker.compose.project={self.project}"], 60)
         names = [n for n in r.stdout.split() if n.endswith("data")]
         assert len(names) == 1, (r.stdout, r.stderr)
         r = _run(["docker", "volume", "inspect", "-f", "{{.Mountpoint}}", names[0]], 60)
@@ -445,3 +451,55 @@ def test_worker_container_killed_mid_resample_gives_the_same_i2d(stack, referenc
     assert n_tiles == 100 and done_at_kill < n_tiles
     assert_same_as_local(manifest.parents[1] / f"{PRODUCT}_i2d.fits", reference["local_i2d"])
     say(request, "i2d after the kill == i2d of the local run")
+
+
+# ---- the variant without a shared disk: deploy/compose-s3.yml ---------------------------------
+
+COMPOSE_S3_FILE = ROOT / "deploy" / "compose-s3.yml"
+PROJECT_S3 = "image3-deploy-s3-test"
+
+
+def test_compose_s3_variant_gives_the_local_i2d(engine, tmp_path, request):
+    """deploy/compose-s3.yml run as its header says: its image built (s3fs and moto's server
+    in it), the store, scheduler and workers up, the ``submit`` service run (simulate in its
+    container, upload, submit s3:// inputs and outputs, wait). No volume exists in the project;
+    the i2d, fetched from the store through its published port, is bit-identical to a local
+    run of the same inputs (fetched from the store too)."""
+    s3fs = pytest.importorskip("s3fs")
+    st = Stack(tmp_path, COMPOSE_S3_FILE, PROJECT_S3)
+    s3_port = free_port()
+    st.env["IMAGE3_S3_PORT"] = str(s3_port)
+    st.compose("down", "-v", "--remove-orphans", "-t", "5")
+    try:
+        t0 = time.monotonic()
+        st.compose("build", "scheduler", timeout=1500)
+        say(request, f"image3-dask-s3:0.1.0 built in {time.monotonic() - t0:.0f} s")
+        t0 = time.monotonic()
+        st.compose("up", "-d", "s3", "scheduler", "worker", timeout=300)
+        assert len(st.containers("worker")) == 2
+        r = st.compose("run", "--rm", "submit", timeout=900)
+        say(request, f"compose-s3: up and `run --rm submit` in {time.monotonic() - t0:.0f} s")
+        assert "state:    done" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+        assert f"i2d: s3://image3/out/{PRODUCT}_i2d.fits" in r.stdout, r.stdout[-3000:]
+        volumes = _run(["docker", "volume", "ls", "-q", "--filter",
+                        f"label=com.docker.compose.project={PROJECT_S3}"], 60)
+        assert volumes.returncode == 0 and volumes.stdout.split() == [], volumes.stdout
+        fs = s3fs.S3FileSystem(
+            key="image3-test", secret="image3-test-secret",
+            client_kwargs={"endpoint_url": f"http://127.0.0.1:{s3_port}",
+                           "region_name": "us-east-1"})
+        fs.get("image3/sim", str(tmp_path / "sim"), recursive=True)
+        fs.get(f"image3/out/{PRODUCT}_i2d.fits", str(tmp_path / "s3_i2d.fits"))
+        steps = [a for a in shlex.split(yaml.safe_load(COMPOSE_S3_FILE.read_text())[
+            "services"]["submit"]["command"][2]) if a.startswith("--steps.")]
+        assert steps
+        local = subprocess.run(
+            [sys.executable, "-m", "image3_dask.cli", "run", str(tmp_path / "sim" / "asn.json"),
+             "-o", str(tmp_path / "out"), *steps],
+            capture_output=True, text=True, timeout=600,
+        )
+        assert local.returncode == 0, local.stderr
+        assert_same_i2d(tmp_path / "s3_i2d.fits", tmp_path / "out" / f"{PRODUCT}_i2d.fits")
+    finally:
+        (st.workdir / "compose.log").write_text(st.logs(tail=100000))
+        st.compose("down", "-v", "--remove-orphans", "-t", "10", check=False, timeout=300)
