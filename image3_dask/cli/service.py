@@ -46,12 +46,12 @@ def cmd_submit(args) -> int:
 def _wait(client, job_id: str, interval: float, quiet: bool = False) -> dict:
     import time
 
-    from image3_dask.service.status import TERMINAL, _progress, get_job
+    from image3_dask.service.status import TERMINAL, get_job, job_progress
 
     last = None
     while True:
         rec = get_job(client, job_id)
-        line = f"{rec.get('state')}: {_progress(rec)}"
+        line = f"{rec.get('state')}: {job_progress(rec)}"
         if not quiet and line != last:
             print(f"[{job_id}] {line}", file=sys.stderr, flush=True)
             last = line

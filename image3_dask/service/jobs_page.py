@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from image3_dask.service.local_web import TokenPage
-from image3_dask.service.status import STATES, _progress, get_jobs
+from image3_dask.service.status import STATES, get_jobs, job_progress
 
 log = logging.getLogger("image3_dask")
 
@@ -75,7 +75,7 @@ def job_rows(jobs: dict[str, dict[str, Any]], now: float | None = None) -> list[
                 "job": str(rec.get("job", job_id)),
                 "state": rec.get("state", "?"),
                 "step": rec.get("step"),
-                "progress": _progress(rec),
+                "progress": job_progress(rec),
                 "steps": list(rec.get("steps") or []),
                 "steps_done": list(rec.get("steps_done") or []),
                 "tasks": dict(rec.get("tasks") or {}),

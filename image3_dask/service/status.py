@@ -32,6 +32,7 @@ __all__ = [
     "JOBS_KEY",
     "STATES",
     "TERMINAL",
+    "job_progress",
     "JobNotFoundError",
     "format_job",
     "format_table",
@@ -130,7 +131,8 @@ def read_job_files(output_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
     return jobs
 
 
-def _progress(rec: dict[str, Any]) -> str:
+def job_progress(rec: dict[str, Any]) -> str:
+    """One line of a job's progress (steps done, the step running), from its record."""
     steps = rec.get("steps") or []
     done = len(rec.get("steps_done") or [])
     if rec.get("state") == "done":
@@ -160,7 +162,7 @@ def format_table(jobs: dict[str, dict[str, Any]]) -> str:
             (
                 job_id,
                 str(rec.get("state", "?")),
-                _progress(rec),
+                job_progress(rec),
                 _elapsed(rec),
                 f"{rec.get('product', '?')} in {rec.get('output_dir', '?')}",
             )
@@ -176,7 +178,7 @@ def format_job(rec: dict[str, Any]) -> str:
         f"state:    {rec.get('state')}"
         + (f" (attempt {rec['attempt']})" if (rec.get("attempt") or 1) > 1 else ""),
         f"product:  {rec.get('product')} in {rec.get('output_dir')}",
-        f"progress: {_progress(rec)}",
+        f"progress: {job_progress(rec)}",
         f"elapsed:  {_elapsed(rec)}",
     ]
     if rec.get("worker"):
