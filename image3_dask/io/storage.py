@@ -52,6 +52,8 @@ __all__ = [
 
 #: Protocols whose file systems take whole URLs (read only here).
 WEB_PROTOCOLS = ("http", "https")
+#: Object stores whose fsspec file systems would otherwise cache folder listings.
+LISTING_CACHE_OFF = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 #: Bytes per part of a multipart upload (S3's minimum part is 5 MiB).
 UPLOAD_PART = 16 * 2**20
 #: Read block of the fsspec file objects behind FITS sections: small, as sections read rows.
@@ -158,8 +160,13 @@ class RemotePath:
 
             _quiet_client_loggers()
 
+            options = dict(self.storage_options)
+            if self.protocol in LISTING_CACHE_OFF:
+                # a worker lives through many runs and other processes write the same folders:
+                # listings are asked every time, never cached
+                options.setdefault("use_listings_cache", False)
             try:
-                self._fs = fsspec.filesystem(self.protocol, **self.storage_options)
+                self._fs = fsspec.filesystem(self.protocol, **options)
             except (ImportError, ValueError) as exc:
                 raise StorageError(f"{self}: cannot use this storage ({exc})") from None
         return self._fs

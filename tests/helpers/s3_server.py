@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -113,6 +114,14 @@ def _serve(port: int, log_path: str) -> None:
             )
 
     server = make_server("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the test process died without stopping us: stop too
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=orphaned, daemon=True).start()
     server.serve_forever()
 
 

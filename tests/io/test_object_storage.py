@@ -541,3 +541,21 @@ def test_members_resolve_relative_to_the_association_and_keep_the_options_home(s
     ]
     assert [bool(m.storage_options) for m in got.members] == [True, True, True, False]
     assert SECRET not in repr(got)
+
+
+def test_locations_local_paths_stay_paths_and_urls_keep_their_options_private():
+    import pickle
+
+    from image3_dask.io.storage import StorageError
+
+    assert location("file:///data/x/asn.json") == Path("/data/x/asn.json")
+    assert location("rel/asn.json") == Path("rel/asn.json")
+    p = location("s3://bucket/a/b/asn.json", {"secret": SECRET})
+    assert isinstance(p, RemotePath) and p.storage_options == {"secret": SECRET}
+    assert SECRET not in repr(p) and SECRET not in str(p) and SECRET not in f"{p}"
+    assert p == location("s3://bucket/a/b/asn.json") and hash(p) == hash(RemotePath(str(p)))
+    assert str(p.parent / "../c/x_cal.fits") == "s3://bucket/a/c/x_cal.fits"
+    assert (p.name, p.stem, p.suffix) == ("asn.json", "asn", ".json")
+    assert pickle.loads(pickle.dumps(p)).storage_options == {"secret": SECRET}  # for the workers
+    with pytest.raises(StorageError, match="s3://: not a URL"):
+        location("s3://")
