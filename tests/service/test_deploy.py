@@ -168,6 +168,11 @@ def test_dockerfile():
     assert "COPY image3_dask ./image3_dask" in lines and '".[${EXTRAS}]"' in "\n".join(lines)
     # the extras are a build argument (the S3 variant adds cloud), cluster unless set
     assert "ARG EXTRAS=cluster" in lines and 'ARG EXTRA_PACKAGES=""' in lines
+    # the placeholder project's wheel is deleted by a glob: not under `set -f`
+    text = "\n".join(lines).replace("\\\n", " ")
+    (deps,) = [ln for ln in text.splitlines() if "/wheels/image3_dask-*.whl" in ln]
+    rm_at = deps.index("rm -rf")
+    assert deps.rfind("set -f", 0, rm_at) < deps.rfind("set +f", 0, rm_at)
     assert "USER image3" in lines
     assert not any(("curl " in ln or "wget " in ln or "git clone" in ln) for ln in lines)
 
