@@ -266,7 +266,8 @@ def _build_service_parsers(parser, sub) -> argparse.ArgumentParser:
         help="hand a run to a running Dask cluster and return at once",
         description="Validate the inputs here, then run the pipeline as a job on the cluster: "
         "it goes on after this command returns. Follow it with `image3-dask status`. "
-        "The workers must see the inputs and the output folder under the same paths.",
+        "The workers must see the inputs and the output folder under the same paths "
+        "(or reach them on object storage: s3://...).",
     )
     _add_run_inputs(p)
     p.add_argument("--job-id", help="job id (default: <product>-<8 hex digits>)")

@@ -465,9 +465,10 @@ def zarr_store(path: Location, read_only: bool = False) -> Any:
         return path
     from zarr.storage import FsspecStore
 
-    return FsspecStore.from_url(
-        str(path), storage_options=path.storage_options or None, read_only=read_only
-    )
+    options = dict(path.storage_options)
+    if path.protocol in LISTING_CACHE_OFF:
+        options.setdefault("use_listings_cache", False)
+    return FsspecStore.from_url(str(path), storage_options=options or None, read_only=read_only)
 
 
 def read_bytes_range(path: Location, start: int, end: int) -> bytes:
