@@ -324,14 +324,16 @@ class TaskLedger:
         stream = sys.stderr if self.progress else None
         if stream is not None:
             _bar(label, 0, len(futures), t0, stream)
-        for done, fut in enumerate(as_completed(futures), start=1):
-            if fut.status != "finished":
-                break
+        try:
+            for done, fut in enumerate(as_completed(futures), start=1):
+                if fut.status != "finished":
+                    break
+                if stream is not None:
+                    _bar(label, done, len(futures), t0, stream)
+        finally:  # the bar's line is ended also when Ctrl-C interrupts the wait
             if stream is not None:
-                _bar(label, done, len(futures), t0, stream)
-        if stream is not None:
-            stream.write("\n")
-            stream.flush()
+                stream.write("\n")
+                stream.flush()
         if any(f.status == "error" for f in futures):
             failure = self._first_failure()
             if failure is None:  # pragma: no cover - an erred future is in the ledger
