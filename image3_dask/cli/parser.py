@@ -279,6 +279,12 @@ def _build_service_parsers(parser, sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--wait", action="store_true", help="wait for the job to end and print its record"
     )
+    p.add_argument(
+        "--no-mosaic-page",
+        action="store_true",
+        help="the job's driver serves no mosaic page (by default it serves one on its worker's "
+        "127.0.0.1, linked from `image3-dask serve`)",
+    )
     _add_remote_args(p)
 
     p = sub.add_parser(

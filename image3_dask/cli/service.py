@@ -28,6 +28,7 @@ def cmd_submit(args) -> int:
             resources=resources,
             job_id=args.job_id,
             storage_options=storage_options(args),
+            mosaic_page=not args.no_mosaic_page,
         )
         print(f"submitted job {rec['job']}: product {rec['product']} in {rec['output_dir']}")
         if not args.wait:

@@ -8,6 +8,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,7 @@ class Image3Pipeline:
         disable_crds_steppars: bool | None = None,
         references=None,
         storage_options: dict[str, Any] | None = None,
+        on_page: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Validate the inputs, then run the steps in order on the cluster.
 
@@ -173,6 +175,9 @@ class Image3Pipeline:
             Serve a live picture of the run's tiles on ``http://127.0.0.1:<port>/`` (0: a free
             port; its address is logged next to the dashboard's) while the run lasts; see
             :mod:`image3_dask.service.mosaic_page`. `None` (default): no page.
+        on_page : callable, optional
+            Called with the mosaic page's address (token included) once it serves (a
+            submitted job records it for ``image3-dask serve``).
         storage_options : dict, optional
             fsspec options (credentials, ``endpoint_url``...) for inputs and ``output_dir``
             given as object-store URLs (``s3://bucket/asn.json``); without them the store's
@@ -213,6 +218,8 @@ class Image3Pipeline:
                 log.info("Dask dashboard: %s", link)
             token = uuid.uuid4().hex[:8]
             page = _start_mosaic_page(c, token, mosaic_page, progress)
+            if page is not None and on_page is not None:
+                on_page(page.url)
             try:
                 products = self._run_steps(
                     c,

@@ -4,8 +4,9 @@
 page with one row per job the scheduler knows (the records of
 :mod:`image3_dask.service.status`, published by submitted jobs): state, step, progress,
 start and end, products, error, and links to the Dask dashboard and to a job's mosaic page when
-its record names one (``mosaic_page``: no submitted job publishes one yet, as the mosaic page
-lives in the process that holds the run's client). The page fetches ``/jobs.json`` every two
+its record names one (``mosaic_page``: a submitted job's driver serves the run's mosaic page
+on its worker's loopback interface and records the address, so the link opens from that host,
+or through ``ssh -L``). The page fetches ``/jobs.json`` every two
 seconds; the scheduler is asked at most once per ``poll_interval`` whatever the number of
 viewers.
 

@@ -71,6 +71,7 @@ def submit_job(
     resources: dict[str, float] | None = None,
     job_id: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    mosaic_page: bool = True,
 ) -> dict[str, Any]:
     """Validate a run, hand it to the cluster as a fire-and-forget job, and return its record.
 
@@ -96,6 +97,11 @@ def submit_job(
     storage_options : dict, optional
         fsspec options for inputs or ``output_dir`` on an object store (``s3://...``); they
         travel in the job's task, never in its record.
+    mosaic_page : bool
+        The job's driver serves the run's mosaic page (:mod:`image3_dask.service.mosaic_page`)
+        on a free port of its worker's loopback interface while the job runs; the record's
+        ``mosaic_page`` holds its address (token included), which ``image3-dask serve`` links.
+        It opens from the worker's host (e.g. through ``ssh -L``).
 
     Returns
     -------
@@ -157,6 +163,7 @@ def submit_job(
         "product_name": asn.product_name if asn.path is None else product_name,
         "keep_work": keep_work,
         "storage_options": storage_options,
+        "mosaic_page": bool(mosaic_page),
     }
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -291,6 +298,12 @@ class _Driver:
         if futures:
             self.client.cancel(futures)
 
+    def _page_started(self, url: str) -> None:
+        """Record the address of the run's mosaic page (a new one for each attempt)."""
+        with self.lock:
+            self.record["mosaic_page"] = url
+        self.push()
+
     def _clear_lock_of_previous_attempt(self, prev: dict[str, Any]) -> None:
         from image3_dask.pipeline.output_lock import release_locks_of
 
@@ -343,6 +356,8 @@ class _Driver:
                 keep_work=self.spec.get("keep_work", False),
                 references=self.spec.get("references"),
                 storage_options=self.spec.get("storage_options"),
+                mosaic_page=0 if self.spec.get("mosaic_page", True) else None,
+                on_page=self._page_started,
             )
         except Image3Error as exc:
             return self._finish("failed", error=str(exc))

@@ -300,6 +300,12 @@ def test_page_in_headless_chromium(tmp_path):
             assert products.text == f"i2d: {i2d}"
             assert row.find_element(By.CSS_SELECTOR, "td.progress").text == "1/1 steps"
             assert row.find_element(By.CSS_SELECTOR, "td.elapsed").text.endswith(" s")
+            # the job's driver served the run's mosaic page; its address (token included) is
+            # linked; the job that never started has none
+            mosaic = row.find_element(By.CSS_SELECTOR, "td.mosaic a").get_attribute("href")
+            assert mosaic.startswith("http://127.0.0.1:") and "token=" in mosaic, mosaic
+            parked = drv.find_element(By.CSS_SELECTOR, 'tr[data-job="parked"]')
+            assert not parked.find_elements(By.CSS_SELECTOR, "td.mosaic a")
             # newest first
             jobs = [e.get_attribute("data-job")
                     for e in drv.find_elements(By.CSS_SELECTOR, "tbody tr")]
@@ -317,3 +323,40 @@ def test_page_in_headless_chromium(tmp_path):
                 drv.quit()
             serve.terminate()
             serve.wait(30)
+
+
+def test_run_tells_the_mosaic_page_address_while_it_serves(client, tmp_path):
+    """``Image3Pipeline.run(on_page=...)`` (what a submitted job's driver records) is called
+    with the page's address once the page answers with its token, and refuses without it."""
+    import urllib.error
+    import urllib.request
+
+    from image3_dask.pipeline.config import PipelineConfig
+    from image3_dask.pipeline.image3 import Image3Pipeline
+    from image3_dask.simulate import simulate
+
+    sim = simulate(instrument="miri", n=2, out_dir=tmp_path / "sim", seed=5, pattern="dither",
+                   shape=(128, 128))
+    seen = []
+
+    def on_page(url: str) -> None:
+        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - loopback test server
+            seen.append((url, r.status, "mosaic" in r.read().decode().lower()))
+        base = url.split("?token=")[0]
+        try:
+            urllib.request.urlopen(base, timeout=10)  # noqa: S310
+        except urllib.error.HTTPError as exc:
+            seen.append(("no token", exc.code))
+
+    skip = ("tweakreg", "skymatch", "outlier_detection", "source_catalog")
+    config = PipelineConfig({s: {"skip": True} for s in skip})
+    products = Image3Pipeline(config).run(
+        sim.asn_path, tmp_path / "out", client=client, progress=False, mosaic_page=0,
+        on_page=on_page,
+    )
+    assert products["i2d"].is_file()
+    assert len(seen) == 2, seen
+    url, status, is_page = seen[0]
+    assert url.startswith("http://127.0.0.1:") and "?token=" in url
+    assert status == 200 and is_page
+    assert seen[1] == ("no token", 403)
