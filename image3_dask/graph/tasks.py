@@ -113,7 +113,8 @@ def resumable(
     ----------
     outputs : sequence of Path
         Files ``work`` writes outside the store (a ``_crf`` file). Their size and modification
-        time are recorded; the task is done only while each is still there, unchanged.
+        time (an object's ETag) are recorded; the task is done only while each is still there,
+        unchanged.
 
     Returns
     -------
@@ -153,7 +154,8 @@ def with_wcs(*, task: Callable[..., Any], info: Any, wcs: Any, **kwargs: Any) ->
 
 
 def _file_state(path: Path) -> list | None:
-    """``[size, mtime_ns]`` of a file, ``None`` when it is missing."""
+    """What identifies a file's content (size and mtime, or an object's size and ETag), ``None``
+    when it is missing (:func:`~image3_dask.io.storage.stat_token`)."""
     from image3_dask.io.storage import location, stat_token
 
     try:
