@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from image3_dask.errors import Image3Error
 from image3_dask.io.storage import Location, RemotePath, create_exclusive, location
@@ -102,19 +103,11 @@ class OutputLock:
                     return
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, LOCK_MODE)
             except FileExistsError:
-                holder = _read(path)
-                host, pid, product = (holder.split(" ", 2) + ["", "", ""])[:3]
-                if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
+                holder = _holder(path)
+                if holder.stale:
                     path.unlink(missing_ok=True)  # stale lock of a dead run on this host
                     continue
-                run = f"{host} {pid}".strip() or "unknown"
-                if product and product != self.product:
-                    run += f", product {product}"
-                raise OutputLockedError(
-                    f"{self.output_dir}: another run ({run}) is writing {what} {name} here; "
-                    f"wait for it to finish or use another --output-dir "
-                    f"(remove {path} if that run is dead)"
-                ) from None
+                raise holder.refusal(self.output_dir, path, what, name, self.product) from None
             os.fchmod(fd, LOCK_MODE)  # whatever the umask
             with os.fdopen(fd, "w") as fh:
                 fh.write(me)
@@ -131,15 +124,9 @@ def check_free(output_dir: Location, product: str) -> None:
     path = lock_path(output_dir, product)
     if not path.exists():
         return
-    holder = _read(path) if path.is_file() else ""
-    host, pid = (holder.split(" ", 2) + ["", ""])[:2]
-    if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
-        return
-    raise OutputLockedError(
-        f"{output_dir}: another run ({f'{host} {pid}'.strip() or 'unknown'}) is writing product "
-        f"{product} here; wait for it to finish or use another --output-dir (remove {path} if "
-        "that run is dead)"
-    )
+    holder = _holder(path) if path.is_file() else _Holder("", "", "")
+    if not holder.stale:
+        raise holder.refusal(output_dir, path, "product", product, product)
 
 
 def release_locks_of(output_dir: Location, host: str, pid: int | str) -> list[Location]:
@@ -150,10 +137,43 @@ def release_locks_of(output_dir: Location, host: str, pid: int | str) -> list[Lo
     """
     removed = []
     for path in location(output_dir).glob(".*.image3-dask.lock"):
-        if _read(path).split(" ")[:2] == [str(host), str(pid)]:
+        holder = _holder(path)
+        if (holder.host, holder.pid) == (str(host), str(pid)):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+@dataclass(frozen=True)
+class _Holder:
+    """Who holds a lock file: ``<host> <pid> <product>`` as :class:`OutputLock` writes it."""
+
+    host: str
+    pid: str
+    product: str
+
+    @property
+    def stale(self) -> bool:
+        """Held by a process of this host that is no longer alive (the lock may be taken)."""
+        return self.host == socket.gethostname() and self.pid.isdigit() and not pid_alive(
+            int(self.pid)
+        )
+
+    def refusal(
+        self, output_dir: Location, path: Location, what: str, name: str, product: str
+    ) -> OutputLockedError:
+        """The error for a run of ``product`` that wants ``name`` (a ``what``) held here."""
+        run = f"{self.host} {self.pid}".strip() or "unknown"
+        if self.product and self.product != product:
+            run += f", product {self.product}"
+        return OutputLockedError(
+            f"{output_dir}: another run ({run}) is writing {what} {name} here; wait for it to "
+            f"finish or use another --output-dir (remove {path} if that run is dead)"
+        )
+
+
+def _holder(path: Location) -> _Holder:
+    return _Holder(*(_read(path).split(" ", 2) + ["", "", ""])[:3])
 
 
 def _read(path: Location) -> str:
