@@ -50,11 +50,16 @@ def busy_profile(stream: list[dict], t0: float, t1: float) -> dict:
     return spans
 
 
+def task_kind(key) -> str:
+    """The kind of a task from its key: the action of ``(action, name, token)`` keys."""
+    return str(key[0] if isinstance(key, tuple) else key).split(" ")[0].strip("('\",")
+
+
 def alone_by_kind(stream: list[dict], t0: float, t1: float) -> dict[str, float]:
     """Seconds during which a task of each kind was the only task running."""
     events = []
     for rec in stream:
-        kind = str(rec["key"]).split(" ")[0].strip("('\",")
+        kind = task_kind(rec["key"])
         for s in rec.get("startstops", []):
             if s.get("action") == "compute":
                 events.append((max(s["start"], t0), 1, kind))

@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 
 from _common import OUT, dataset, local_client
-from bench_large_mosaic import alone_by_kind, busy_profile
+from bench_large_mosaic import alone_by_kind, busy_profile, task_kind
 from run_all import CASES
 
 
@@ -69,7 +69,7 @@ def main() -> None:
             t1 = time.time()
     per: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for rec in ts.data:
-        prefix = str(rec["key"]).split(" ")[0].strip("('\"")
+        prefix = task_kind(rec["key"])
         for s in rec.get("startstops", []):
             if s.get("action") == "compute":
                 per[prefix][0] += 1
