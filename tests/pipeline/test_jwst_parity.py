@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from astropy.table import QTable
 from helpers import compare_catalogs
+from helpers.parity import run_both
 
 pytestmark = pytest.mark.jwst
 
@@ -34,28 +35,10 @@ SIM = dict(
 def parity(tmp_path_factory, client):
     """The association, jwst's products and ours (official alignment)."""
     pytest.importorskip("jwst")
-    from image3_dask.pipeline.image3 import Image3Pipeline as Ours
     from image3_dask.simulate import simulate
-    from image3_dask.simulate.refs import write_reference_files
 
     root = tmp_path_factory.mktemp("e2e_parity")
-    sim = simulate(out_dir=root / "sim", **SIM)
-    apcorr, abvega = write_reference_files("miri", root / "refs")
-    refs = {"override_apcorr": str(apcorr), "override_abvegaoffset": str(abvega)}
-
-    from jwst.pipeline import Image3Pipeline as Theirs
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)  # anything jwst writes beside its products stays in the test folder
-        Theirs.call(
-            str(sim.asn_path), output_dir=str(root / "jwst"), save_results=True,
-            steps={"source_catalog": refs},
-        )
-    ours = Ours.call(
-        sim.asn_path, output_dir=root / "ours", client=client, progress=False,
-        steps={"tweakreg": {"align_mode": "official"}, "source_catalog": refs},
-    )
-    return {"sim": sim, "jwst": root / "jwst", "ours": root / "ours", "products": ours}
+    return run_both(root, simulate(out_dir=root / "sim", **SIM), client)
 
 
 def _crf_pairs(parity):

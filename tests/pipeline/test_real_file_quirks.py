@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from astropy.table import QTable
 from helpers import compare_catalogs
+from helpers.parity import run_both
 
 from image3_dask.simulate import build_true_wcs, simulate
 
@@ -47,26 +48,8 @@ QUIRKY = dict(
 def quirky(tmp_path_factory, client):
     """The quirky association, jwst's products and ours (official alignment)."""
     pytest.importorskip("jwst")
-    from jwst.pipeline import Image3Pipeline as Theirs
-
-    from image3_dask.pipeline.image3 import Image3Pipeline as Ours
-    from image3_dask.simulate.refs import write_reference_files
-
     root = tmp_path_factory.mktemp("quirky")
-    sim = simulate(out_dir=root / "sim", **QUIRKY)
-    apcorr, abvega = write_reference_files("miri", root / "refs")
-    refs = {"override_apcorr": str(apcorr), "override_abvegaoffset": str(abvega)}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        Theirs.call(
-            str(sim.asn_path), output_dir=str(root / "jwst"), save_results=True,
-            steps={"source_catalog": refs},
-        )
-    ours = Ours.call(
-        sim.asn_path, output_dir=root / "ours", client=client, progress=False,
-        steps={"tweakreg": {"align_mode": "official"}, "source_catalog": refs},
-    )
-    return {"sim": sim, "jwst": root / "jwst", "ours": root / "ours", "products": ours}
+    return run_both(root, simulate(out_dir=root / "sim", **QUIRKY), client)
 
 
 def test_quirky_files_are_what_real_ones_are(quirky):
