@@ -8,6 +8,7 @@ products' metadata as jwst names them (:func:`ref_file_meta`, :func:`record_ref_
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from image3_dask.algorithms.catalog import (
@@ -96,12 +97,12 @@ def resolve_refdata(cfg: dict, meta, references: References | None = None) -> Re
     simulated = references.simulated and (inst, str(filt).upper()) in SIMULATED_DEFAULTS
     sources = []
     uncorrected = []
-    path = references.path("apcorr")
-    if path:
-        what = _refname("apcorr", references)
-        table = read_apcorr_table(path, what)
-        try:
-            ap = aperture_params_from_table(
+    if references.path("apcorr"):
+        ap = _from_reference(
+            references,
+            "apcorr",
+            read_apcorr_table,
+            lambda table: aperture_params_from_table(
                 table,
                 instrument=inst,
                 filter_name=filt,
@@ -109,13 +110,9 @@ def resolve_refdata(cfg: dict, meta, references: References | None = None) -> Re
                 subarray=subarray,
                 aperture_ee=ee,
                 pixel_scale_ratio=ratio,
-            )
-        except ValueError as exc:
-            raise ReferenceDataMismatch(f"{path}: {what}: {exc}") from None
-        except KeyError as exc:
-            raise InputError(f"{path}: {what}: {exc}") from None
-        log.info("Using APCORR reference file: %s", path)
-        sources.append(f"APCORR from {path} ({references.origin.get('apcorr')})")
+            ),
+            sources,
+        )
     elif simulated:
         try:
             ap, _ = default_refdata(inst, filt, aperture_ee=ee, pixel_scale_ratio=ratio)
@@ -136,20 +133,16 @@ def resolve_refdata(cfg: dict, meta, references: References | None = None) -> Re
         why = references.messages.get("apcorr") or "no override_apcorr"
         sources.append(f"APCORR: jwst fallback, no aperture correction ({why})")
         uncorrected.append("no aperture correction (no APCORR reference file)")
-    path = references.path("abvegaoffset")
-    if path:
-        what = _refname("abvegaoffset", references)
-        table = read_abvega_table(path, what)
-        try:
-            offset = abvega_offset_from_table(
+    if references.path("abvegaoffset"):
+        offset = _from_reference(
+            references,
+            "abvegaoffset",
+            read_abvega_table,
+            lambda table: abvega_offset_from_table(
                 table, instrument=inst, filter_name=filt, pupil=pupil, detector=detector
-            )
-        except ValueError as exc:
-            raise ReferenceDataMismatch(f"{path}: {what}: {exc}") from None
-        except KeyError as exc:
-            raise InputError(f"{path}: {what}: {exc}") from None
-        log.info("Using ABVEGAOFFSET reference file: %s", path)
-        sources.append(f"ABVEGAOFFSET from {path} ({references.origin.get('abvegaoffset')})")
+            ),
+            sources,
+        )
     elif simulated:
         offset = SIMULATED_DEFAULTS[(inst, str(filt).upper())].abvega_offset
         sources.append(f"ABVEGAOFFSET: image3-dask default for simulated {inst} {filt}")
@@ -162,6 +155,33 @@ def resolve_refdata(cfg: dict, meta, references: References | None = None) -> Re
         sources.append(f"ABVEGAOFFSET: jwst fallback, 0 ({why})")
         uncorrected.append("Vega magnitudes equal AB (no ABVEGAOFFSET reference file)")
     return RefData(ap, float(offset), "; ".join(sources), tuple(uncorrected))
+
+
+def _from_reference(
+    references: References,
+    reftype: str,
+    read: Callable[[Any, str], Any],
+    values: Callable[[Any], Any],
+    sources: list[str],
+) -> Any:
+    """``values(table)`` of the ``reftype`` reference file, read with ``read(path, what)``.
+
+    A file with no row for the mosaic (``ValueError``) is a :class:`ReferenceDataMismatch`
+    (jwst: a warning and no catalog); missing columns (``KeyError``) an ``InputError``. The
+    file used is logged as jwst logs it and added to ``sources``.
+    """
+    path = references.path(reftype)
+    what = _refname(reftype, references)
+    table = read(path, what)
+    try:
+        out = values(table)
+    except ValueError as exc:
+        raise ReferenceDataMismatch(f"{path}: {what}: {exc}") from None
+    except KeyError as exc:
+        raise InputError(f"{path}: {what}: {exc}") from None
+    log.info("Using %s reference file: %s", reftype.upper(), path)
+    sources.append(f"{reftype.upper()} from {path} ({references.origin.get(reftype)})")
+    return out
 
 
 def _refname(reftype: str, references: References) -> str:
