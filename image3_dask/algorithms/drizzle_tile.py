@@ -416,7 +416,7 @@ def drizzle_tile(
             "wsum": np.full(shape, np.nan, dtype=np.float32),
             "wt": np.zeros(shape, dtype=np.float32),
         }
-        for name in VARIANCE_NAMES
+        for name in (VARIANCE_NAMES if enable_var else ())
     }
 
     with warnings.catch_warnings():

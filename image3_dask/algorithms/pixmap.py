@@ -20,6 +20,7 @@ __all__ = [
     "checked_pixmap",
     "exposure_pixmap",
     "pixmap_error",
+    "pixmap_blocks",
     "input_range",
     "local_range",
     "pixmap_for_region",
@@ -262,8 +263,51 @@ def local_range(
     return lx0, lx1, ly0, ly1
 
 
+#: Side of the input-pixel blocks summarised by :func:`pixmap_blocks`.
+BLOCK = 32
+
+
+def pixmap_blocks(pixmap: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """Bounds of the mapped pixel centres in each ``block x block`` block of input pixels.
+
+    Parameters
+    ----------
+    pixmap : numpy.ndarray
+        ``(ny, nx, 2)`` map of the whole exposure.
+    block : int, optional
+        Block side in input pixels (the last row and column of blocks may be smaller).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(ceil(ny / block), ceil(nx / block), 4)``: ``xmin, xmax, ymin, ymax`` of the finite
+        mapped centres of each block (pixels where x or y is NaN are left out, as
+        :func:`pixmap_for_region` never selects them); NaN for a block without any.
+    """
+    ny, nx = pixmap.shape[:2]
+    nby, nbx = -(-ny // block), -(-nx // block)
+    out = np.empty((nby, nbx, 4))
+    for axis in (0, 1):
+        coord = np.full((nby * block, nbx * block), np.nan)
+        coord[:ny, :nx] = pixmap[..., axis]
+        coord[:ny, :nx][np.isnan(pixmap[..., 1 - axis])] = np.nan
+        cells = coord.reshape(nby, block, nbx, block)
+        # fmin/fmax skip NaN; a block of NaN only stays NaN
+        out[..., 2 * axis] = np.fmin.reduce(np.fmin.reduce(cells, axis=3), axis=1)
+        out[..., 2 * axis + 1] = np.fmax.reduce(np.fmax.reduce(cells, axis=3), axis=1)
+    return out
+
+
 def pixmap_for_region(
-    pixmap: np.ndarray, y0: int, y1: int, x0: int, x1: int, halo: float, margin: int = 2
+    pixmap: np.ndarray,
+    y0: int,
+    y1: int,
+    x0: int,
+    x1: int,
+    halo: float,
+    margin: int = 2,
+    blocks: np.ndarray | None = None,
+    block: int = BLOCK,
 ) -> tuple[tuple[slice, slice], np.ndarray] | None:
     """Crop a pixel map to the input pixels that can touch an output region.
 
@@ -283,6 +327,12 @@ def pixmap_for_region(
         pixels; see :func:`image3_dask.algorithms.drizzle_tile.kernel_halo`.
     margin : int, optional
         Extra input pixels around the selection.
+    blocks : numpy.ndarray, optional
+        :func:`pixmap_blocks` of ``pixmap``: only the blocks whose bounds reach the region
+        are tested pixel by pixel (the result is the same; an exposure's blocks are made
+        once for all the tiles it reaches).
+    block : int, optional
+        The block side ``blocks`` were made with.
 
     Returns
     -------
@@ -290,24 +340,36 @@ def pixmap_for_region(
         The ``(y, x)`` input slices and the cropped map shifted so that output pixel
         ``(y0, x0)`` is ``(0, 0)``; `None` when no input pixel reaches the region.
     """
-    px = pixmap[..., 0]
-    py = pixmap[..., 1]
+    lo_x, hi_x = x0 - 0.5 - halo, x1 - 0.5 + halo
+    lo_y, hi_y = y0 - 0.5 - halo, y1 - 0.5 + halo
+    ny, nx = pixmap.shape[:2]
+    wy0, wx0, window = 0, 0, pixmap
+    if blocks is not None:
+        with np.errstate(invalid="ignore"):
+            cand = (
+                (blocks[..., 1] >= lo_x)
+                & (blocks[..., 0] <= hi_x)
+                & (blocks[..., 3] >= lo_y)
+                & (blocks[..., 2] <= hi_y)
+            )
+        brows = np.flatnonzero(cand.any(axis=1))
+        if brows.size == 0:
+            return None
+        bcols = np.flatnonzero(cand.any(axis=0))
+        wy0, wx0 = int(brows[0]) * block, int(bcols[0]) * block
+        window = pixmap[wy0 : (int(brows[-1]) + 1) * block, wx0 : (int(bcols[-1]) + 1) * block]
+    px = window[..., 0]
+    py = window[..., 1]
     with np.errstate(invalid="ignore"):
-        sel = (
-            (px >= x0 - 0.5 - halo)
-            & (px <= x1 - 0.5 + halo)
-            & (py >= y0 - 0.5 - halo)
-            & (py <= y1 - 0.5 + halo)
-        )
+        sel = (px >= lo_x) & (px <= hi_x) & (py >= lo_y) & (py <= hi_y)
     rows = np.flatnonzero(sel.any(axis=1))
     if rows.size == 0:
         return None
     cols = np.flatnonzero(sel[rows[0] : rows[-1] + 1].any(axis=0))
-    ny, nx = px.shape
-    iy0 = max(0, int(rows[0]) - margin)
-    iy1 = min(ny, int(rows[-1]) + 1 + margin)
-    ix0 = max(0, int(cols[0]) - margin)
-    ix1 = min(nx, int(cols[-1]) + 1 + margin)
+    iy0 = max(0, wy0 + int(rows[0]) - margin)
+    iy1 = min(ny, wy0 + int(rows[-1]) + 1 + margin)
+    ix0 = max(0, wx0 + int(cols[0]) - margin)
+    ix1 = min(nx, wx0 + int(cols[-1]) + 1 + margin)
     slices = (slice(iy0, iy1), slice(ix0, ix1))
     local = pixmap[slices].copy()
     local[..., 0] -= x0

@@ -5,22 +5,28 @@ Shared by the tile tasks of outlier detection (single drizzles) and of resample.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
+
+import numpy as np
 
 from image3_dask.algorithms.drizzle_tile import DrizzleInput, build_weight
 from image3_dask.algorithms.outlier_flags import match_nans_and_flags
 from image3_dask.algorithms.pixmap import (
     input_range,
     local_range,
+    pixmap_blocks,
     pixmap_for_region,
     scanner_maps_corners,
     without_scanner_clip,
 )
 from image3_dask.graph.plan import PixmapRef
 from image3_dask.io.exposures import ExposureInfo, read_pixels
+from image3_dask.io.storage import Location, stat_token
 from image3_dask.io.work_files import load_npy
 
-__all__ = ["drizzle_inputs_for_region", "bbox_only", "time_for_weight"]
+__all__ = ["drizzle_inputs_for_region", "bbox_only", "map_blocks", "time_for_weight"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,32 @@ def bbox_only(info: ExposureInfo) -> ExposureInfo:
             pass
         bb = tuple(tuple(float(v) for v in interval) for interval in bb)
     return info.evolve(wcs=_BBoxOnly(bb))
+
+
+#: Block bounds of the pixel maps this worker has cut, by file and content token (LRU).
+_BLOCKS: OrderedDict[str, np.ndarray] = OrderedDict()
+_BLOCKS_LOCK = threading.Lock()
+_BLOCKS_KEPT = 512  # ~35 kB each for a full MIRI or NIRCam frame
+
+
+def map_blocks(path: Location, pm: np.ndarray) -> np.ndarray:
+    """:func:`~image3_dask.algorithms.pixmap.pixmap_blocks` of a stored pixel map, made once.
+
+    A pixel map is cut for every tile its exposure reaches, in the single-drizzle, blot and
+    resample tasks; the worker keeps each map's block bounds (keyed by the file's path and
+    its size and mtime, or ETag) so that each cut only tests the blocks near its tile.
+    """
+    key = f"{path} {stat_token(path)}"
+    with _BLOCKS_LOCK:
+        if key in _BLOCKS:
+            _BLOCKS.move_to_end(key)
+            return _BLOCKS[key]
+    blocks = pixmap_blocks(pm)
+    with _BLOCKS_LOCK:
+        _BLOCKS[key] = blocks
+        while len(_BLOCKS) > _BLOCKS_KEPT:
+            _BLOCKS.popitem(last=False)
+    return blocks
 
 
 def time_for_weight(info: ExposureInfo) -> float:
@@ -83,7 +115,7 @@ def drizzle_inputs_for_region(
         arrays += ("err",)
     for info, ref in entries:
         pm = load_npy(ref.path)
-        found = pixmap_for_region(pm, y0, y1, x0, x1, halo)
+        found = pixmap_for_region(pm, y0, y1, x0, x1, halo, blocks=map_blocks(ref.path, pm))
         if found is None:
             continue
         slices, local = found

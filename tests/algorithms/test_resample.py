@@ -32,6 +32,7 @@ from image3_dask.algorithms.pixmap import (
     exposure_pixmap,
     input_range,
     local_range,
+    pixmap_blocks,
     pixmap_error,
     pixmap_for_region,
 )
@@ -48,7 +49,6 @@ from image3_dask.io.dq_flags import jwst_pixel_flags
 SHAPE = (128, 128)
 GOOD_BITS = "~DO_NOT_USE+NON_SCIENCE"
 REF_INFO = {"ra_ref": 10.0, "dec_ref": 20.0, "roll_ref": 30.0, "v3yangle": 0.0, "vparity": -1}
-
 
 
 # three rotated, dithered exposures
@@ -622,3 +622,41 @@ def test_parity_with_stcal_resample(exposures, wcss, kernel, psr, weight_type):
     pairs.update({v: v for v in ("var_rnoise", "var_poisson", "var_flat")})
     for theirs, ours in pairs.items():
         np.testing.assert_array_equal(mine[ours], ref[theirs], err_msg=theirs)
+
+
+def test_pixmap_for_region_with_blocks_cuts_the_same_crop():
+    """Block bounds only skip blocks that cannot reach the region: every cut is unchanged."""
+    ny, nx = 300, 333  # not multiples of the block side
+    y, x = np.mgrid[0:ny, 0:nx].astype(float)
+    th = 0.4
+    pm = np.dstack(
+        [
+            np.cos(th) * x - np.sin(th) * y + 120 + 2e-4 * x * y,
+            np.sin(th) * x + np.cos(th) * y + 10 - 3e-4 * x * x,
+        ]
+    )
+    pm[:3] = np.nan  # rows outside the bounding box
+    pm[96:160, 32:96, 0] = np.nan  # a hole in x only: four whole blocks
+    pm[200:210, 300:, 1] = np.nan  # a hole in y only, in the short last column of blocks
+    blocks = pixmap_blocks(pm, block=32)
+    assert blocks.shape == (10, 11, 4)
+    assert np.isnan(blocks[3:5, 1:3]).all()
+    cell = pm[192:224, 320:333]  # the short last column of blocks, with the y hole
+    ok = np.isfinite(cell).all(axis=-1)
+    expect = [cell[ok, 0].min(), cell[ok, 0].max(), cell[ok, 1].min(), cell[ok, 1].max()]
+    np.testing.assert_array_equal(blocks[6, 10], expect)
+    rng = np.random.default_rng(3)
+    cut = 0
+    for _ in range(400):
+        y0, x0 = rng.integers(-60, 420), rng.integers(-60, 480)
+        y1, x1 = y0 + rng.integers(1, 150), x0 + rng.integers(1, 150)
+        halo = float(rng.choice([0.0, 2.0, 5.5]))
+        full = pixmap_for_region(pm, y0, y1, x0, x1, halo)
+        fast = pixmap_for_region(pm, y0, y1, x0, x1, halo, blocks=blocks, block=32)
+        if full is None:
+            assert fast is None
+            continue
+        cut += 1
+        assert fast[0] == full[0]
+        np.testing.assert_array_equal(fast[1], full[1])
+    assert cut > 150
