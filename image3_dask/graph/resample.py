@@ -371,6 +371,9 @@ def submit(ctx, data: StepData) -> StepData:
                 ctx.product_name,
                 write_i2d_task,
                 (store_path, model, out, params.i2d_arrays, list(tiles.values())),
+                # ahead of the catalog's tasks, beside them: queued behind them it was the
+                # one task left running at the end of the run
+                priority=1,
             )
         ]
     )
