@@ -35,6 +35,7 @@ from astropy.table import Table
 
 from image3_dask.algorithms.align import wcs_bounding_box
 from image3_dask.graph.handoff import StepData
+from image3_dask.graph.plan import total_threads
 from image3_dask.graph.tasks import TaskSpec
 from image3_dask.graph.tweakreg_tasks import (
     align_task,
@@ -204,6 +205,19 @@ def submit(ctx, data: StepData) -> StepData:
     return data.evolve(exposures=_align(ctx, data.exposures))
 
 
+def _correction_batches(todo: list[int], threads: int, per_thread: int = 2) -> list[list[int]]:
+    """Exposure indices cut into about ``per_thread`` batches per worker thread, in order.
+
+    Batches hold at least 4 exposures (a correction takes ~40 ms: smaller tasks cost their
+    scheduling) and at most 32 (so that hundreds of exposures still spread over the cluster).
+    """
+    if not todo:
+        return []
+    size = -(-len(todo) // max(1, threads * per_thread))
+    size = min(32, max(4, size))
+    return [todo[k : k + size] for k in range(0, len(todo), size)]
+
+
 def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
     cfg = dict(ctx.config["tweakreg"])
     refcat = _refcat(ctx, cfg, exposures)  # fail on a bad abs_refcat before any work
@@ -280,27 +294,37 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
     (align,) = ctx.submit([spec])
     (result,) = ctx.wait([align], "tweakreg: catalogs and alignment")
     if result.get("corrections"):
-        # the corrections are inserted into the WCSs one exposure per task
+        # the corrections are inserted into the WCSs by batches of exposures: one task per
+        # exposure left a trail of 40 ms tasks (and their scheduling) between the solve and
+        # the next steps, which all wait for the corrected WCSs
         todo = sorted(result["corrections"])
+        batches = _correction_batches(todo, total_threads(ctx.client))
         futures = ctx.submit(
             [
                 TaskSpec(
                     "tweakreg-correct",
-                    exposures[i].name,
+                    exposures[batch[0]].name,
                     correct_task,
-                    (wcses[i], exposures[i].wcsinfo, align, i, exposures[i].shape),
+                    (
+                        [wcses[i] for i in batch],
+                        [exposures[i].wcsinfo for i in batch],
+                        align,
+                        batch,
+                        [exposures[i].shape for i in batch],
+                    ),
                 )
-                for i in todo
+                for batch in batches
             ]
         )
-        fixed = ctx.wait(futures, "tweakreg: corrected WCS")
+        fixed = [item for done in ctx.wait(futures, "tweakreg: corrected WCS") for item in done]
         result["wcs"] = list(result["wcs"])
         s_regions = {}
         # the later steps' tasks read the corrected WCS from the workers, not from the client
         held = ctx.submit(
             [
-                TaskSpec("tweakreg-wcs", exposures[i].name, corrected_wcs, (f,))
-                for i, f in zip(todo, futures, strict=True)
+                TaskSpec("tweakreg-wcs", exposures[i].name, corrected_wcs, (f, k))
+                for batch, f in zip(batches, futures, strict=True)
+                for k, i in enumerate(batch)
             ]
         )
         for i, (w, region), f in zip(todo, fixed, held, strict=True):

@@ -334,36 +334,43 @@ def resolve_align_mode(align_mode: str, wcses: list[Any], group_ids: list[str]) 
 
 
 def correct_task(
-    wcs: Any, wcsinfo: dict, align: dict, index: int, shape: tuple[int, int]
-) -> tuple[Any, str | None]:
-    """Task: insert the global solve's correction into one exposure's WCS.
+    wcses: list[Any],
+    wcsinfos: list[dict],
+    align: dict,
+    indices: list[int],
+    shapes: list[tuple[int, int]],
+) -> list[tuple[Any, str | None]]:
+    """Task: insert the global solve's corrections into a batch of exposures' WCSs.
 
     Parameters
     ----------
-    wcs, wcsinfo
-        The exposure's WCS and ``wcsinfo`` (``v2_ref``, ``v3_ref``, ``roll_ref``).
+    wcses, wcsinfos
+        The exposures' WCSs and ``wcsinfo`` (``v2_ref``, ``v3_ref``, ``roll_ref``).
     align : dict
         The result of :func:`align_task` (``corrections``, ``tangent_plane``).
-    index : int
-        The exposure's index.
-    shape : tuple of int
-        The exposure's shape (for its ``S_REGION``).
+    indices : list of int
+        The exposures' indices in the association.
+    shapes : list of tuple of int
+        The exposures' shapes (for their ``S_REGION``).
 
     Returns
     -------
-    tuple
-        The corrected WCS and its ``S_REGION``.
+    list of tuple
+        Per exposure, the corrected WCS and its ``S_REGION``.
     """
     from image3_dask.algorithms.global_solve import apply_correction
 
-    matrix, shift = align["corrections"][index]
-    new = apply_correction(wcs, wcsinfo, matrix, shift, align["tangent_plane"])
-    return new, s_region_imaging(new, shape)
+    out = []
+    for wcs, wcsinfo, index, shape in zip(wcses, wcsinfos, indices, shapes, strict=True):
+        matrix, shift = align["corrections"][index]
+        new = apply_correction(wcs, wcsinfo, matrix, shift, align["tangent_plane"])
+        out.append((new, s_region_imaging(new, shape)))
+    return out
 
 
-def corrected_wcs(corrected: tuple[Any, str | None]) -> Any:
-    """Task: the WCS of a :func:`correct_task` result (kept on the cluster for later tasks)."""
-    return corrected[0]
+def corrected_wcs(corrected: list[tuple[Any, str | None]], k: int) -> Any:
+    """Task: the ``k``-th WCS of a :func:`correct_task` result (kept for later tasks)."""
+    return corrected[k][0]
 
 
 def s_region_imaging(wcs: Any, shape: tuple[int, int]) -> str | None:

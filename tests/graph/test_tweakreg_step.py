@@ -211,3 +211,18 @@ def test_parity_with_jwst_tweakreg(dense_dither, dither_run, tmp_path):
             lib.shelve(model, i, modify=False)
     print(f"max |ours - jwst| = {worst:.2e} px")
     assert worst < 0.01
+
+
+def test_correction_batches_cover_every_exposure_once_in_order():
+    from image3_dask.graph.tweakreg import _correction_batches
+
+    assert _correction_batches([], 2) == []
+    # 16 exposures, 2 threads: 4 batches of 4 (two per thread)
+    assert _correction_batches(list(range(16)), 2) == [list(range(k, k + 4)) for k in (0, 4, 8, 12)]
+    # few exposures: no batch smaller than 4, except the last
+    assert _correction_batches([3, 5, 9], 8) == [[3, 5, 9]]
+    # hundreds on a small cluster: batches of at most 32
+    todo = list(range(0, 648, 2))
+    batches = _correction_batches(todo, 2)
+    assert max(map(len, batches)) == 32
+    assert [i for b in batches for i in b] == todo
