@@ -15,6 +15,8 @@ import os
 import time
 import warnings
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 log = logging.getLogger("image3_dask")
 
 
@@ -46,6 +48,23 @@ def warm_up() -> float:
     return time.perf_counter() - t0
 
 
+def _glibc():
+    """glibc as a ``ctypes`` library, or None (musl, macOS: malloc is not tuned there)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt  # noqa: B018 - glibc has both
+        libc.malloc_trim  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def tune_malloc(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 64 * 2**20) -> bool:
     """Let glibc's malloc keep array-sized blocks instead of mapping and unmapping each one.
 
@@ -54,37 +73,96 @@ def tune_malloc(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 64 * 2**
     (every image-sized numpy temporary) becomes its own ``mmap``: the kernel zero-fills it
     page by page on first touch and unmaps it on free. On the 16-exposure MIRI mosaic that
     was about a third of the workers' CPU time, spent in the kernel. This sets the two
-    thresholds to the values glibc's sliding threshold reaches by itself (32 MiB blocks are
-    still mapped; free memory above 64 MiB at the top of the heap is returned to the OS).
+    thresholds to the values glibc's sliding threshold reaches by itself; what a task leaves
+    free in the heap is given back to the system when it ends (:class:`TrimAfterTask`).
 
     Returns
     -------
     bool
         True when ``mallopt`` was called (glibc), False elsewhere.
     """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+    libc = _glibc()
+    if libc is None:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(
-        mallopt(m_trim_threshold, trim_threshold)
+    return bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and bool(
+        libc.mallopt(m_trim_threshold, trim_threshold)
     )
 
 
-def dask_setup(worker=None) -> None:  # noqa: ARG001 - the preload protocol passes the worker
-    """Called by Dask when the worker starts (``--preload image3_dask.pipeline.worker_setup``)."""
+def trim_memory() -> bool:
+    """Give the free memory of every malloc arena back to the system (``malloc_trim(0)``)."""
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
+#: Without a memory limit, heap memory above this is given back after a task.
+UNLIMITED_TRIM_BYTES = 4 * 2**30
+
+
+class TrimAfterTask(WorkerPlugin):
+    """Worker plugin: ``malloc_trim(0)`` when a task ends and the worker holds too much.
+
+    With :func:`tune_malloc`'s thresholds a task reuses the heap for its temporaries, and the
+    heap keeps the high-water mark of the largest task. Dask counts that as the worker's
+    memory and pauses a worker above 80 % of its limit, never to resume it while nothing
+    frees memory (a one-worker NIRCam run stopped so). When a task ends and the process
+    holds more than the worker's memory target (``distributed.worker.memory.target``, 60 %
+    of the limit by default), the free heap memory is given back. Trimming after every task
+    would fault each task's pages in anew: 3 CPU-seconds more on the 16-exposure MIRI mosaic.
+    """
+
+    name = "image3-dask-trim"
+
+    def __init__(self) -> None:
+        self._libc = _glibc()
+        self._limit: float = UNLIMITED_TRIM_BYTES
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def __getstate__(self) -> dict:  # a ctypes library does not pickle
+        return {}
+
+    def __setstate__(self, state: dict) -> None:  # noqa: ARG002
+        self.__init__()
+
+    def setup(self, worker=None) -> None:
+        """Read the worker's memory limit and target fraction."""
+        import dask
+
+        limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
+        target = dask.config.get("distributed.worker.memory.target", 0.6) or 0.6
+        if limit:
+            self._limit = float(limit) * float(target)
+
+    def teardown(self, worker=None) -> None:  # noqa: ARG002
+        """Nothing to undo."""
+
+    def _rss(self) -> int:
+        try:
+            with open("/proc/self/statm", "rb") as f:
+                return int(f.read().split()[1]) * self._page
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def transition(self, key, start: str, finish: str, **kwargs) -> None:  # noqa: ARG002
+        """When a task leaves the ``executing`` state (done or failed), trim if needed."""
+        if start == "executing" and self._libc is not None and self._rss() > self._limit:
+            self._libc.malloc_trim(0)
+
+
+def dask_setup(worker=None):
+    """Called by Dask when the worker starts (``--preload image3_dask.pipeline.worker_setup``).
+
+    Returns the coroutine that adds :class:`TrimAfterTask` (Dask awaits it) when malloc was
+    tuned.
+    """
     # IMAGE3_DASK_MALLOC=dask keeps the nanny's malloc settings (to compare, or if it matters)
-    if os.environ.get("IMAGE3_DASK_MALLOC", "") != "dask":
-        log.debug("malloc thresholds set: %s", tune_malloc())
+    tuned = os.environ.get("IMAGE3_DASK_MALLOC", "") != "dask" and tune_malloc()
+    log.debug("malloc thresholds set: %s", tuned)
     try:
         log.debug("image3-dask worker warm-up took %.1f s", warm_up())
     except Exception as exc:  # a failed warm-up only costs the time it saves
         log.warning("image3-dask worker warm-up failed: %s", exc)
+    if tuned and worker is not None and hasattr(worker, "plugin_add"):
+        return worker.plugin_add(TrimAfterTask(), name=TrimAfterTask.name)
+    return None
