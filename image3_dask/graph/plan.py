@@ -293,6 +293,9 @@ def start_pixmaps(ctx, exposures: list[ExposureInfo], params: dict) -> tuple:
                     "order": order,
                     "max_error": _max_error(params),
                 },
+                # the client plans the tiles from the maps' extents: ahead of the sky
+                # statistics queued before them, which then run while it plans
+                priority=1,
             )
         )
     ctx.plans[key] = _PixmapTasks(grid, grid_fp, paths, ctx.submit(tasks))
