@@ -542,12 +542,13 @@ def _add_variances(
 
     for name, var in resampled.items():
         wsum = var_info[name]["wsum"][sy, sx]
+        wt = var_info[name]["wt"][sy, sx]
         mask = (var >= 0) & np.isfinite(var) & (w > 0)
-        wm = w[mask]
-        add = var[mask] * wm * wm
-        old = wsum[mask]
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
+        # stcal's sums on the masked pixels, evaluated on the whole box (the same operations
+        # pixel by pixel, in float64, stored as float32) and kept where the mask holds:
+        # boolean gathers and scatters cost more than the arithmetic
+        with np.errstate(all="ignore"):
+            add = var * w * w
             # np.nansum([old, add], axis=0) without stacking: NaN (nothing yet) + add = add
-            wsum[mask] = np.where(np.isnan(old), add, old + add)
-        var_info[name]["wt"][sy, sx][mask] += wm
+            np.copyto(wsum, np.where(np.isnan(wsum), add, wsum + add), where=mask, casting="unsafe")
+            np.copyto(wt, wt + w, where=mask, casting="unsafe")
