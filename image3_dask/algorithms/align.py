@@ -433,4 +433,22 @@ def choose_align_mode(footprints: Sequence[Any]) -> str:
     n = len(footprints)
     if n < 3:
         return "official"
-    return "official" if len(group_overlaps(footprints)) == n * (n - 1) // 2 else "global"
+    polys = [_as_polygon(f) for f in footprints]
+    # the pairs whose centres are farthest apart first: on a mosaic the first one tested
+    # does not overlap and decides (testing all 52 000 pairs of 324 groups took 36 s)
+    centres = np.array([_centre(p) for p in polys])
+    cosines = centres @ centres.T
+    i_up, j_up = np.triu_indices(n, k=1)
+    for k in np.argsort(cosines[i_up, j_up], kind="stable"):
+        if not polys[i_up[k]].intersects_poly(polys[j_up[k]]):
+            return "global"
+    return "official"
+
+
+def _centre(poly: SphericalPolygon) -> np.ndarray:
+    """Unit vector of the mean of a polygon's vertices (its rough centre on the sky)."""
+    ra, dec = (np.radians(np.concatenate(v)) for v in zip(*poly.to_radec(), strict=True))
+    points = np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
+    centre = points.mean(axis=0)
+    norm = np.linalg.norm(centre)
+    return centre / norm if norm > 0 else points[0]

@@ -292,3 +292,34 @@ def test_global_solve_with_pairs_matched_in_parallel_tasks(mosaic, client):
     for a, b in zip(serial.extra["corrections"].values(), parallel.extra["corrections"].values(), strict=True):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
+
+
+def _square(ra, dec, half=0.02):
+    c = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half
+    return np.column_stack([ra + c[:, 0] / np.cos(np.radians(dec)), dec + c[:, 1]])
+
+
+def test_choose_align_mode_tests_the_farthest_pair_first(monkeypatch):
+    from spherical_geometry.polygon import SphericalPolygon
+
+    calls = []
+    crosses = SphericalPolygon.intersects_poly
+
+    def counted(self, other):
+        calls.append(1)
+        return crosses(self, other)
+
+    monkeypatch.setattr(SphericalPolygon, "intersects_poly", counted)
+    # an 18x18 mosaic (324 groups, 52 326 pairs): its opposite corners decide at once
+    mosaic = [_square(10 + 0.035 * i, 20 + 0.035 * j) for i in range(18) for j in range(18)]
+    assert choose_align_mode(mosaic) == "global"
+    assert len(calls) == 1
+    # a dither: every pair has to be seen to overlap
+    calls.clear()
+    dither = [_square(10 + 0.001 * i, 20 + 0.0007 * i) for i in range(16)]
+    assert choose_align_mode(dither) == "official"
+    assert len(calls) == 120
+    # groups of several exposures: a group's far member leaves a pair without overlap
+    groups = [[_square(10, 20)], [_square(10.01, 20)], [_square(10.02, 20), _square(10.2, 20)]]
+    assert choose_align_mode(groups) == "official"
+    assert choose_align_mode([*groups, [_square(10.21, 20)]]) == "global"
