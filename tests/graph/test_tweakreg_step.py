@@ -221,8 +221,8 @@ def test_correction_batches_cover_every_exposure_once_in_order():
     assert _correction_batches(list(range(16)), 2) == [list(range(k, k + 4)) for k in (0, 4, 8, 12)]
     # few exposures: no batch smaller than 4, except the last
     assert _correction_batches([3, 5, 9], 8) == [[3, 5, 9]]
-    # hundreds on a small cluster: batches of at most 32
+    # hundreds on a small cluster: batches of at most 8
     todo = list(range(0, 648, 2))
     batches = _correction_batches(todo, 2)
-    assert max(map(len, batches)) == 32
+    assert max(map(len, batches)) == 8 and len(batches) == 41
     assert [i for b in batches for i in b] == todo
