@@ -300,6 +300,10 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
         # the next steps, which all wait for the corrected WCSs
         todo = sorted(result["corrections"])
         batches = _correction_batches(todo, total_threads(ctx.client))
+        # the batches take their corrections as data and the tangent plane's corrector from
+        # one task holding it, not the alignment's whole result: that result (with every
+        # group's fit) drew all the batches onto the worker holding it, one after the other
+        (plane,) = ctx.wcs_futures([result["tangent_plane"]])
         futures = ctx.submit(
             [
                 TaskSpec(
@@ -309,8 +313,8 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
                     (
                         [wcses[i] for i in batch],
                         [exposures[i].wcsinfo for i in batch],
-                        align,
-                        batch,
+                        [result["corrections"][i] for i in batch],
+                        plane,
                         [exposures[i].shape for i in batch],
                     ),
                 )

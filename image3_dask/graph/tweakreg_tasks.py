@@ -336,8 +336,8 @@ def resolve_align_mode(align_mode: str, wcses: list[Any], group_ids: list[str]) 
 def correct_task(
     wcses: list[Any],
     wcsinfos: list[dict],
-    align: dict,
-    indices: list[int],
+    corrections: list[tuple[Any, Any]],
+    tangent_plane: Any,
     shapes: list[tuple[int, int]],
 ) -> list[tuple[Any, str | None]]:
     """Task: insert the global solve's corrections into a batch of exposures' WCSs.
@@ -346,10 +346,10 @@ def correct_task(
     ----------
     wcses, wcsinfos
         The exposures' WCSs and ``wcsinfo`` (``v2_ref``, ``v3_ref``, ``roll_ref``).
-    align : dict
-        The result of :func:`align_task` (``corrections``, ``tangent_plane``).
-    indices : list of int
-        The exposures' indices in the association.
+    corrections : list of tuple
+        Per exposure, the ``(matrix, shift)`` of :func:`align_task`'s ``corrections``.
+    tangent_plane
+        The reference corrector of :func:`align_task`'s result (``tangent_plane``).
     shapes : list of tuple of int
         The exposures' shapes (for their ``S_REGION``).
 
@@ -361,9 +361,10 @@ def correct_task(
     from image3_dask.algorithms.global_solve import apply_correction
 
     out = []
-    for wcs, wcsinfo, index, shape in zip(wcses, wcsinfos, indices, shapes, strict=True):
-        matrix, shift = align["corrections"][index]
-        new = apply_correction(wcs, wcsinfo, matrix, shift, align["tangent_plane"])
+    for wcs, wcsinfo, (matrix, shift), shape in zip(
+        wcses, wcsinfos, corrections, shapes, strict=True
+    ):
+        new = apply_correction(wcs, wcsinfo, matrix, shift, tangent_plane)
         out.append((new, s_region_imaging(new, shape)))
     return out
 
