@@ -324,9 +324,9 @@ class TaskLedger:
         specs = {f.key: t for t, f in self._entries_for(futures)}
         t0 = time.perf_counter()
         stream = sys.stderr if self.progress else None
-        if stream is not None:
-            _bar(label, 0, len(futures), t0, stream)
-        try:
+        try:  # the first bar inside too: Ctrl-C may come while it is drawn
+            if stream is not None:
+                _bar(label, 0, len(futures), t0, stream)
             for done, fut in enumerate(as_completed(futures), start=1):
                 if fut.status != "finished":
                     break

@@ -88,6 +88,12 @@ def stop_worker_programs(grace: float = STOP_GRACE) -> None:
 atexit.register(stop_worker_programs, 2.0)
 
 
+def _register_spawned(spawn: asyncio.Future) -> None:
+    """Record a spawned worker program in :data:`_RUNNING` (a done callback of its spawn)."""
+    if not spawn.cancelled() and spawn.exception() is None:
+        _RUNNING.add(spawn.result().pid)
+
+
 def worker_command(
     scheduler: str, name: str, memory_limit: int | None, tls: dict[str, str] | None = None
 ) -> list[str]:
@@ -147,14 +153,30 @@ class WorkerProcess(_spec_base()):
             raise ClusterError("the local cluster's start was interrupted")
         # Its own session: Ctrl-C in the terminal reaches only the caller, which stops the
         # workers (the workers' own SIGINT tracebacks are not for users).
-        self.process = await asyncio.create_subprocess_exec(
-            *self.command,
-            stdin=subprocess.DEVNULL,
-            env=_worker_env(),
-            start_new_session=True,
+        spawn = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
+                *self.command,
+                stdin=subprocess.DEVNULL,
+                env=_worker_env(),
+                start_new_session=True,
+            )
         )
-        _RUNNING.add(self.process.pid)
-        await super().start()
+        # the program is registered as soon as it exists, even when this start is cancelled
+        # (an interrupted cluster start closes it) while the spawn is under way: it would
+        # otherwise be left running, to print its "Nanny failed to start" 30 s later
+        spawn.add_done_callback(_register_spawned)
+        try:
+            self.process = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            proc = await spawn
+            with _suppress_lookup():
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        if _ABANDONED.is_set():  # interrupted while it was being spawned: the cluster closes
+            with _suppress_lookup():
+                os.killpg(self.process.pid, signal.SIGKILL)
+            await self.process.wait()
+        await super().start()  # the cluster's close then finds it stopped
 
     @property
     def returncode(self) -> int | None:
