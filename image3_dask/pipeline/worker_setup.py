@@ -10,6 +10,7 @@ with the client's own start-up instead of delaying the first tasks. The local cl
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -48,17 +49,18 @@ def warm_up() -> float:
     return time.perf_counter() - t0
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc():
-    """glibc as a ``ctypes`` library, or None (musl, macOS: malloc is not tuned there)."""
-    import ctypes
-    import ctypes.util
+    """The C library already loaded in this process, when it is glibc (else None).
 
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    ``dlopen(NULL)`` rather than ``ctypes.util.find_library``, which runs ``ldconfig`` in a
+    subprocess: a worker starting must not fork children of its own.
+    """
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt  # noqa: B018 - glibc has both
+        libc = ctypes.CDLL(None)
+        libc.mallopt  # noqa: B018 - glibc has both; musl and macOS have no malloc_trim
         libc.malloc_trim  # noqa: B018
     except (OSError, AttributeError):
         return None
