@@ -581,6 +581,9 @@ def test_ctrl_c_to_the_process_group_is_quiet(sim256, tmp_path, when):
          "--workers", "2", "--no-mosaic-page"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # its own process group, as a shell job
+        # as from a terminal: a suite started in the background (`cmd &` without job control)
+        # ignores SIGINT, and the child would inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
