@@ -92,12 +92,6 @@ def tune_malloc(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 64 * 2**
     )
 
 
-def trim_memory() -> bool:
-    """Give the free memory of every malloc arena back to the system (``malloc_trim(0)``)."""
-    libc = _glibc()
-    return bool(libc.malloc_trim(0)) if libc is not None else False
-
-
 #: Without a memory limit, heap memory above this is given back after a task.
 UNLIMITED_TRIM_BYTES = 4 * 2**30
 
@@ -117,15 +111,8 @@ class TrimAfterTask(WorkerPlugin):
     name = "image3-dask-trim"
 
     def __init__(self) -> None:
-        self._libc = _glibc()
         self._limit: float = UNLIMITED_TRIM_BYTES
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-    def __getstate__(self) -> dict:  # a ctypes library does not pickle
-        return {}
-
-    def __setstate__(self, state: dict) -> None:  # noqa: ARG002
-        self.__init__()
 
     def setup(self, worker=None) -> None:
         """Read the worker's memory limit and target fraction."""
@@ -148,8 +135,9 @@ class TrimAfterTask(WorkerPlugin):
 
     def transition(self, key, start: str, finish: str, **kwargs) -> None:  # noqa: ARG002
         """When a task leaves the ``executing`` state (done or failed), trim if needed."""
-        if start == "executing" and self._libc is not None and self._rss() > self._limit:
-            self._libc.malloc_trim(0)
+        libc = _glibc()
+        if start == "executing" and libc is not None and self._rss() > self._limit:
+            libc.malloc_trim(0)
 
 
 def dask_setup(worker=None):
