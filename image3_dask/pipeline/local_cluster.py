@@ -221,6 +221,22 @@ class LocalProcessCluster(_spec_cluster()):
 
     n_expected: int = 0
 
+    async def _close(self) -> None:
+        # Ctrl-C while the cluster starts cancels Dask's task that starts the workers after
+        # it created them but before it listed them in ``self.workers``; SpecCluster closes
+        # only those listed, then requires every worker it created to be closed (the
+        # "AssertionError: Status.created" traceback at exit). Those left out are closed here,
+        # once a start under way (which holds the worker's lock) has ended.
+        from distributed.core import Status
+
+        listed = {id(w) for w in self.workers.values()}
+        for w in [w for w in list(self._created) if id(w) not in listed]:
+            async with w.lock:
+                pass
+            if w.status not in (Status.closing, Status.closed, Status.failed):
+                await w.close()
+        await super()._close()
+
     def wait_until_ready(self, client, timeout: float = 120.0) -> float:
         """Wait until every worker has joined; return the seconds it took.
 

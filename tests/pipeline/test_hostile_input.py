@@ -616,6 +616,42 @@ def test_ctrl_c_to_the_process_group_is_quiet(sim256, tmp_path, when):
     assert not list(out.glob(".*.lock")) if out.exists() else True
 
 
+def test_a_cluster_start_cancelled_after_its_workers_were_created_closes_cleanly():
+    """Ctrl-C during the local cluster's start cancels Dask's worker-starting task after it
+    created the workers and before it listed them: its close must still close them all."""
+    import asyncio
+
+    from distributed import Scheduler
+
+    from image3_dask.pipeline import local_cluster as lc
+
+    class SleepingWorker(lc.WorkerProcess):  # a cheap program in place of `dask worker`
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.command = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    async def main():
+        worker = {"cls": SleepingWorker, "options": {"memory_limit": None}}
+        sched = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False}}
+        cluster = lc.LocalProcessCluster(
+            scheduler=sched, workers={0: worker, 1: worker}, worker=worker, asynchronous=True
+        )
+        await cluster._start()  # the scheduler
+        starting = cluster._correct_state()
+        while len(cluster._created) < 2:
+            await asyncio.sleep(0)
+        starting.cancel()  # what distributed's sync() does on KeyboardInterrupt
+        created = list(cluster._created)
+        assert not cluster.workers
+        await cluster.close()  # was: AssertionError: Status.created (or running)
+        return created
+
+    created = asyncio.run(main())
+    assert [w.status.name for w in created] == ["closed", "closed"]
+    procs = [w.process for w in created if w.process is not None]
+    assert all(p.returncode is not None for p in procs)  # no program left running
+
+
 # --- Item 11: an exposure without a valid pixel -----------------------------------------------
 
 
