@@ -40,6 +40,9 @@ __all__ = ["CANCEL_KEY", "cancel_job", "run_job", "submit_job"]
 
 #: Scheduler metadata key of cancellation requests.
 CANCEL_KEY = "image3-dask-cancel"
+#: Seconds between a running job's task counts published (and cancellation requests read):
+#: short enough that ``status --wait`` sees the tasks of a step lasting a second or two.
+HEARTBEAT_S = 0.5
 _STEP_LINE = re.compile(r"^Step (\w+) (running|done|skipped)")
 
 
@@ -273,7 +276,7 @@ class _Driver:
 
     def _heartbeat(self) -> None:
         last = None
-        while not self.stop.wait(1.0):
+        while not self.stop.wait(HEARTBEAT_S):
             counts: dict[str, list[int]] = {}
             ours = self._our_futures()
             for k, st in ours:

@@ -24,7 +24,7 @@ SKIP = [
     "--steps.outlier_detection.skip=true",
     "--steps.source_catalog.skip=true",
 ]
-TILES = ["--steps.resample.tile_shape=32,32"]  # about 36 tiles
+TILES = ["--steps.resample.tile_shape=16,16"]  # about 150 tiles: a resample lasting seconds
 CLI = [sys.executable, "-m", "image3_dask.cli"]
 
 
