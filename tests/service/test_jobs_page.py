@@ -276,9 +276,25 @@ def test_page_in_headless_chromium(tmp_path):
             drv.get(url)
             wait = WebDriverWait(drv, 120, poll_frequency=0.2)
 
+            # the page rebuilds its rows every 2 s: each row is read in one script, at once
+            # (an element found first and read later may be a replaced, stale one)
+            def row_of(job):
+                return drv.execute_script(
+                    """const r = document.querySelector(`tr[data-job="${arguments[0]}"]`);
+                    if (!r) return null;
+                    const text = (sel) => { const e = r.querySelector(sel);
+                                            return e ? e.textContent.trim() : null; };
+                    const a = r.querySelector("td.mosaic a");
+                    return {state: r.dataset.state, error: text("td.error"),
+                            i2d: text('td.products div[data-kind="i2d"]'),
+                            progress: text("td.progress"), elapsed: text("td.elapsed"),
+                            mosaic: a ? a.href : null};""",
+                    job,
+                )
+
             def state_of(job):
-                rows = drv.find_elements(By.CSS_SELECTOR, f'tr[data-job="{job}"]')
-                return rows[0].get_attribute("data-state") if rows else None
+                row = row_of(job)
+                return row["state"] if row else None
 
             wait.until(lambda d: state_of("parked") == "queued")
             assert drv.current_url == base  # the cookie holds the token; the address bar not
@@ -293,30 +309,26 @@ def test_page_in_headless_chromium(tmp_path):
             assert r.returncode == 0, r.stderr
             wait.until(lambda d: state_of("ref-job") in ("queued", "running", "done"))
             wait.until(lambda d: state_of("ref-job") == "done")
-            row = drv.find_element(By.CSS_SELECTOR, 'tr[data-job="ref-job"]')
+            row = row_of("ref-job")
             i2d = out / "b" / "miri_dither_i2d.fits"
             assert i2d.is_file()
-            products = row.find_element(By.CSS_SELECTOR, 'td.products div[data-kind="i2d"]')
-            assert products.text == f"i2d: {i2d}"
-            assert row.find_element(By.CSS_SELECTOR, "td.progress").text == "1/1 steps"
-            assert row.find_element(By.CSS_SELECTOR, "td.elapsed").text.endswith(" s")
+            assert row["i2d"] == f"i2d: {i2d}"
+            assert row["progress"] == "1/1 steps"
+            assert row["elapsed"].endswith(" s")
             # the job's driver served the run's mosaic page; its address (token included) is
             # linked; the job that never started has none
-            mosaic = row.find_element(By.CSS_SELECTOR, "td.mosaic a").get_attribute("href")
+            mosaic = row["mosaic"]
             assert mosaic.startswith("http://127.0.0.1:") and "token=" in mosaic, mosaic
-            parked = drv.find_element(By.CSS_SELECTOR, 'tr[data-job="parked"]')
-            assert not parked.find_elements(By.CSS_SELECTOR, "td.mosaic a")
+            assert row_of("parked")["mosaic"] is None
             # newest first
-            jobs = [e.get_attribute("data-job")
-                    for e in drv.find_elements(By.CSS_SELECTOR, "tbody tr")]
+            jobs = drv.execute_script(
+                'return [...document.querySelectorAll("tbody tr")].map(r => r.dataset.job)')
             assert jobs == ["ref-job", "parked"]
             # cancelling the parked job: it turns failed, with why
             r = _cli("cancel", "parked", *addr)
             assert r.returncode == 0, r.stderr
             wait.until(lambda d: state_of("parked") == "failed")
-            row = drv.find_element(By.CSS_SELECTOR, 'tr[data-job="parked"]')
-            assert row.find_element(By.CSS_SELECTOR, "td.error").text == (
-                "cancelled before it started")
+            assert row_of("parked")["error"] == "cancelled before it started"
             assert drv.save_screenshot(str(tmp_path / "jobs_page.png"))
         finally:
             if drv is not None:
