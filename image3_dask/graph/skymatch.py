@@ -40,15 +40,51 @@ import numpy as np
 
 from image3_dask.errors import ConfigError, InputError
 from image3_dask.graph.handoff import StepData
+from image3_dask.graph.plan import total_threads
 from image3_dask.graph.tasks import TaskSpec
 from image3_dask.io.catalog_files import file_root, read_skylist
 from image3_dask.io.exposures import ExposureInfo, read_pixels
 
 log = logging.getLogger("image3_dask")
 
-__all__ = ["run", "solve_task", "stats_task"]
+__all__ = ["merge_stats", "neighbour_parts", "run", "solve_task", "split_neighbours", "stats_task"]
 
 _STAT_PARAMS = ("skystat", "lower", "upper", "nclip", "lsigma", "usigma", "binwidth")
+#: Statistics tasks per worker thread the split aims at: the phase then ends on a short task
+#: (the last task of 8 per thread, an exposure's 15 overlaps in a 16-exposure dither, ran alone
+#: for about a second).
+TASKS_PER_THREAD = 24
+#: Fewest overlaps in one task when an exposure's are split (each task reads the exposure).
+MIN_OVERLAPS_PER_TASK = 3
+
+
+def neighbour_parts(n_exposures: int, n_neighbours: int, threads: int) -> int:
+    """How many tasks share one exposure's overlap statistics.
+
+    One per exposure when the exposures alone give :data:`TASKS_PER_THREAD` tasks per worker
+    thread; otherwise up to as many as that needs, each with at least
+    :data:`MIN_OVERLAPS_PER_TASK` overlaps.
+    """
+    want = -(-TASKS_PER_THREAD * max(1, threads) // max(1, n_exposures))  # ceil
+    return max(1, min(want, n_neighbours // MIN_OVERLAPS_PER_TASK))
+
+
+def split_neighbours(neighbours: dict, parts: int) -> list[dict]:
+    """``neighbours`` cut into ``parts`` consecutive pieces (their order kept), sizes within one."""
+    items = list(neighbours.items())
+    parts = max(1, min(parts, len(items)))
+    bounds = [round(k * len(items) / parts) for k in range(parts + 1)]
+    return [dict(items[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def merge_stats(parts: list) -> tuple:
+    """One exposure's :func:`stats_task` results from its pieces, in their order."""
+    from image3_dask.algorithms.skymatch import ExposureSkyStats
+
+    merged = ExposureSkyStats(full=parts[0][0].full)
+    for stats, _ in parts:
+        merged.overlaps.update(stats.overlaps)
+    return merged, parts[0][1]
 
 
 def stats_task(path, wcs: Any, footprint: Any, neighbours: dict, params: dict, full_frame: bool):
@@ -101,11 +137,13 @@ def solve_task(
 ) -> tuple[dict, list[int]]:
     """Task: sky level of every exposure from the statistics (see ``solve_sky``).
 
-    ``stats`` holds what :func:`stats_task` returns; the exposures without a valid pixel are
-    returned too (their indices).
+    ``stats`` holds what :func:`stats_task` returns, or a list of those for an exposure whose
+    overlaps were split between tasks; the exposures without a valid pixel are returned too
+    (their indices).
     """
     from image3_dask.algorithms.skymatch import solve_sky
 
+    stats = {k: merge_stats(v) if isinstance(v, list) else v for k, v in stats.items()}
     levels = solve_sky(
         {k: s for k, (s, _) in stats.items()}, units, skymethod=skymethod, match_down=match_down
     )
@@ -243,17 +281,24 @@ def _submit_sky(ctx, exposures: list[ExposureInfo]) -> Callable[[], list[Exposur
     params = {k: cfg.get(k) for k in (*_STAT_PARAMS, "dqbits", "stepsize")}
     full = method != "match"
     wcs = ctx.wcs_futures([e.wcs for e in exposures])
-    tasks = [
-        TaskSpec(
-            "skymatch-stats",
-            e.name,
-            stats_task,
-            (e.path, wcs[k], footprints[e.index], neighbours[e.index], params, full),
-        )
-        for k, e in enumerate(exposures)
-    ]
+    threads = total_threads(ctx.client)
+    tasks, owner = [], []
+    for k, e in enumerate(exposures):
+        mine = neighbours[e.index]
+        pieces = split_neighbours(mine, neighbour_parts(len(exposures), len(mine), threads))
+        for p, piece in enumerate(pieces):
+            name = e.name if len(pieces) == 1 else f"{e.name} overlaps {p + 1}/{len(pieces)}"
+            # the whole-frame statistic once, with the first piece
+            args = (e.path, wcs[k], footprints[e.index], piece, params, full and p == 0)
+            tasks.append(TaskSpec("skymatch-stats", name, stats_task, args))
+            owner.append((e.index, len(pieces)))
     futures = ctx.submit(tasks)
-    stats = {e.index: f for e, f in zip(exposures, futures, strict=True)}
+    stats: dict = {}
+    for (index, n), f in zip(owner, futures, strict=True):
+        if n == 1:
+            stats[index] = f
+        else:
+            stats.setdefault(index, []).append(f)
     spec = TaskSpec(
         "skymatch-solve",
         ctx.product_name,

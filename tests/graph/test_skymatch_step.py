@@ -165,3 +165,32 @@ def test_parity_with_jwst_skymatch(client, small_dither, infos, tmp_path, method
     print(f"{method}: max |ours - jwst| / jwst = {worst:.2e}")
     # the comparison is not vacuous: the levels differ between exposures
     assert np.ptp([e.background_level for e in ours]) > 0.01 * scale or method == "global"
+
+
+def test_neighbour_parts_and_split():
+    # a 16-exposure dither on 2 threads: 15 overlaps each, cut in 3 (48 tasks)
+    assert skymatch.neighbour_parts(16, 15, 2) == 3
+    assert skymatch.neighbour_parts(16, 2, 2) == 1  # too few overlaps to share the read
+    assert skymatch.neighbour_parts(324, 8, 2) == 1  # enough tasks from the exposures
+    assert skymatch.neighbour_parts(324, 8, 64) == 2
+    pieces = skymatch.split_neighbours({k: [k] for k in "abcdefg"}, 3)
+    assert [list(p) for p in pieces] == [["a", "b"], ["c", "d", "e"], ["f", "g"]]
+    assert skymatch.split_neighbours({}, 3) == [{}]
+
+
+@pytest.mark.parametrize("method", ["match", "global+match"])
+def test_overlaps_split_between_tasks_give_the_same_levels(
+    client, small_dither, infos, tmp_path, monkeypatch, method
+):
+    """An exposure's overlaps cut into one task each equal one task for all, bit for bit."""
+    monkeypatch.setattr(skymatch, "TASKS_PER_THREAD", 0)  # never split
+    ctx = make_ctx(client, small_dither, tmp_path / "whole", skymethod=method)
+    whole = [e.background_level for e in skymatch.run(ctx, infos)]
+    monkeypatch.setattr(skymatch, "TASKS_PER_THREAD", 1000)
+    monkeypatch.setattr(skymatch, "MIN_OVERLAPS_PER_TASK", 1)
+    ctx = make_ctx(client, small_dither, tmp_path / "split", skymethod=method)
+    split = [e.background_level for e in skymatch.run(ctx, infos)]
+    assert split == whole and len(set(whole)) > 1
+    n = len(infos)
+    stats = [f.key for _, f in ctx.tasks._entries if f.key[0] == "skymatch-stats"]
+    assert len(stats) == n * (n - 1), stats  # one task per overlap (a dither: all overlap)
