@@ -142,8 +142,11 @@ def catalog_task(
     if custom:
         cat = read_source_catalog(custom)
     else:
-        pix = read_pixels(path, ("data", "dq", "err"))
-        cat = make_tweakreg_catalog(pix.data, coverage_mask_from_dq(pix.dq), err=pix.err, **params)
+        # ERR only feeds the segmentation finder's photometry
+        segmentation = str(params.get("starfinder", "iraf")).lower() in ("segmentation", "sourcefinder")
+        pix = read_pixels(path, ("data", "dq", "err") if segmentation else ("data", "dq"))
+        err = pix.err if segmentation else None
+        cat = make_tweakreg_catalog(pix.data, coverage_mask_from_dq(pix.dq), err=err, **params)
     if len(cat):
         cat = filter_catalog_by_bounding_box(cat, bbox)
     cat.meta["name"] = name
