@@ -5,8 +5,6 @@ Shared by the tile tasks of outlier detection (single drizzles) and of resample.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +20,7 @@ from image3_dask.algorithms.pixmap import (
     without_scanner_clip,
 )
 from image3_dask.graph.plan import PixmapRef
+from image3_dask.io.array_cache import ArrayCache
 from image3_dask.io.exposures import ExposureInfo, read_pixels
 from image3_dask.io.storage import Location, stat_token
 from image3_dask.io.work_files import load_npy
@@ -53,10 +52,9 @@ def bbox_only(info: ExposureInfo) -> ExposureInfo:
     return info.evolve(wcs=_BBoxOnly(bb))
 
 
-#: Block bounds of the pixel maps this worker has cut, by file and content token (LRU).
-_BLOCKS: OrderedDict[str, np.ndarray] = OrderedDict()
-_BLOCKS_LOCK = threading.Lock()
-_BLOCKS_KEPT = 512  # ~35 kB each for a full MIRI or NIRCam frame
+#: Block bounds of the pixel maps this worker has cut, by file and content token (LRU):
+#: ~35 kB each for a full MIRI or NIRCam frame.
+_BLOCKS = ArrayCache(max_items=512)
 
 
 def map_blocks(path: Location, pm: np.ndarray) -> np.ndarray:
@@ -66,17 +64,7 @@ def map_blocks(path: Location, pm: np.ndarray) -> np.ndarray:
     resample tasks; the worker keeps each map's block bounds (keyed by the file's path and
     its size and mtime, or ETag) so that each cut only tests the blocks near its tile.
     """
-    key = f"{path} {stat_token(path)}"
-    with _BLOCKS_LOCK:
-        if key in _BLOCKS:
-            _BLOCKS.move_to_end(key)
-            return _BLOCKS[key]
-    blocks = pixmap_blocks(pm)
-    with _BLOCKS_LOCK:
-        _BLOCKS[key] = blocks
-        while len(_BLOCKS) > _BLOCKS_KEPT:
-            _BLOCKS.popitem(last=False)
-    return blocks
+    return _BLOCKS.get(f"{path} {stat_token(path)}", lambda: pixmap_blocks(pm))
 
 
 def time_for_weight(info: ExposureInfo) -> float:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 import uuid
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
+from image3_dask.io.array_cache import ArrayCache
 from image3_dask.io.storage import Location, RemotePath
 
 __all__ = ["load_npy", "load_npz", "save_npy", "save_npz"]
@@ -24,8 +23,7 @@ __all__ = ["load_npy", "load_npz", "save_npy", "save_npz"]
 #: Bytes of remote pixel maps a worker process keeps in memory.
 PIXMAP_CACHE_BYTES = 256 * 2**20
 
-_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-_cache_lock = threading.Lock()
+_cache = ArrayCache(max_bytes=PIXMAP_CACHE_BYTES)
 
 
 def _write(path: Location, write) -> None:
@@ -62,17 +60,13 @@ def load_npy(path: Location) -> np.ndarray:
         return np.load(path, mmap_mode="r")
     info = path.info()
     key = f"{path} {info.get('ETag') or info.get('etag') or info.get('size')}"
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    arr = np.load(io.BytesIO(path.read_bytes()))
-    arr.setflags(write=False)
-    with _cache_lock:
-        _cache[key] = arr
-        while sum(a.nbytes for a in _cache.values()) > PIXMAP_CACHE_BYTES and len(_cache) > 1:
-            _cache.popitem(last=False)
-    return arr
+
+    def read() -> np.ndarray:
+        arr = np.load(io.BytesIO(path.read_bytes()))
+        arr.setflags(write=False)
+        return arr
+
+    return _cache.get(key, read)
 
 
 def load_npz(path: Location) -> dict[str, np.ndarray]:
