@@ -328,8 +328,8 @@ def _submit_steps(ctx: RunContext, exposures: list, timings: dict) -> StepData:
 
     A step returns once its tasks are submitted, except where the client needs their results
     to go on (the alignment, the sky levels, the catalog's joins), so the tasks of consecutive
-    steps overlap. As soon as the exposures' WCS are final (after tweakreg), the later steps'
-    ``prepare`` starts their pixel maps. ``timings[step]``: from the step's start until its
+    steps overlap. As soon as the exposures' WCS are final (after tweakreg, and after
+    skymatch's statistics are submitted), the later steps' ``prepare`` starts their pixel maps. ``timings[step]``: from the step's start until its
     last task ended.
     """
     data = StepData(list(exposures))
@@ -340,7 +340,10 @@ def _submit_steps(ctx: RunContext, exposures: list, timings: dict) -> StepData:
         if ctx.config[step].skip:
             log.info("Step %s skipped", step)
             continue
-        if step != "tweakreg" and not prepared:  # the WCS are final from here on
+        # the WCS are final after tweakreg: the later steps' pixel maps start from here, after
+        # skymatch's statistics are submitted (the workers compute them while the client
+        # plans the output grid for the pixel maps)
+        if step not in ("tweakreg", "skymatch") and not prepared:
             _prepare_steps(ctx, STEP_ORDER[STEP_ORDER.index(step) :], data)
             prepared = True
         module = _step_module(step)
@@ -352,6 +355,9 @@ def _submit_steps(ctx: RunContext, exposures: list, timings: dict) -> StepData:
             log.info("Step %s running on %d exposures", step, len(data.exposures))
         data = module.submit(ctx, data)
         submitted[step] = time.perf_counter()
+        if step == "skymatch" and not prepared:
+            _prepare_steps(ctx, STEP_ORDER[STEP_ORDER.index(step) + 1 :], data)
+            prepared = True
     ctx.tasks.step = ""
     data = data.settled()
     ctx.finish_pending()
