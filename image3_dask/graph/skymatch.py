@@ -6,7 +6,9 @@
    exposure's SCI and DQ, selects the good pixels (``dqbits``, ``lower``/``upper``) and
    computes the sky statistic (``skystat``, ``nclip``, ``lsigma``, ``usigma``, ``binwidth``)
    in its overlap with each neighbouring group (for ``match``) and over the whole frame
-   (for ``local``/``global``/``global+match``).
+   (for ``local``/``global``/``global+match``). When the exposures alone give few tasks per
+   worker thread, an exposure's overlaps are split between several tasks
+   (``<exposure> overlaps 2/3``, :func:`neighbour_parts`), merged in order by the solve.
 3. ``skymatch-solve <product>`` (one small task): the official least-squares match of the
    overlap statistics and the ``local``/``global`` rules, with ``match_down``.
 
