@@ -6,26 +6,16 @@ import hashlib
 
 import numpy as np
 import pytest
+from helpers import run_context
 
 from image3_dask.errors import ConfigError
 from image3_dask.graph import skymatch
-from image3_dask.io.asn import resolve_inputs
 from image3_dask.io.exposures import read_exposures, read_pixels
-from image3_dask.pipeline.config import PipelineConfig
 from image3_dask.pipeline.context import RunContext
 
 
 def make_ctx(client, sim, out, **params) -> RunContext:
-    config = PipelineConfig()
-    config.update({"skymatch": params})
-    return RunContext(
-        client=client,
-        config=config,
-        asn=resolve_inputs(sim.asn_path),
-        output_dir=out,
-        work_dir=out / "work",
-        progress=False,
-    )
+    return run_context(client, sim.asn_path, out, {"skymatch": params})
 
 
 def truth_sky(sim) -> np.ndarray:

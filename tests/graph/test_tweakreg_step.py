@@ -8,12 +8,11 @@ import logging
 import numpy as np
 import pytest
 from astropy.table import Table
+from helpers import run_context
 
 from image3_dask.errors import InputError
 from image3_dask.graph import tweakreg
-from image3_dask.io.asn import resolve_inputs
 from image3_dask.io.exposures import read_exposures
-from image3_dask.pipeline.config import PipelineConfig
 from image3_dask.pipeline.context import RunContext
 from image3_dask.simulate import build_true_wcs
 
@@ -41,10 +40,7 @@ def mosaic(tmp_path_factory):
 
 
 def make_ctx(client, sim, out, **params) -> RunContext:
-    config = PipelineConfig()
-    config.update({"tweakreg": params})
-    return RunContext(client=client, config=config, asn=resolve_inputs(sim.asn_path),
-                      output_dir=out, work_dir=out / "work", progress=False)
+    return run_context(client, sim.asn_path, out, {"tweakreg": params})
 
 
 def residual(sim, wcses, step=8, mean_removed=True) -> float:

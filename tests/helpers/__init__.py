@@ -143,3 +143,39 @@ def compare_catalogs(ours, ref, *, exact: bool = False, max_sep_px: float = 1e-4
         else:
             assert np.all(np.asarray(a) == np.asarray(b)), key
     return worst
+
+
+def run_context(client, asn_path, out, steps: dict | None = None):
+    """A run's context for step tests: the association's members, ``steps`` over the defaults.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The cluster.
+    asn_path : path-like
+        The association.
+    out : pathlib.Path
+        Output folder (the work folder is ``out / "work"``).
+    steps : dict, optional
+        ``{step: {parameter: value}}`` over the defaults.
+
+    Returns
+    -------
+    image3_dask.pipeline.context.RunContext
+        Without progress bars.
+    """
+    from image3_dask.io.asn import resolve_inputs
+    from image3_dask.pipeline.config import PipelineConfig
+    from image3_dask.pipeline.context import RunContext
+
+    config = PipelineConfig()
+    if steps:
+        config.update(steps)
+    return RunContext(
+        client=client,
+        config=config,
+        asn=resolve_inputs(asn_path),
+        output_dir=out,
+        work_dir=out / "work",
+        progress=False,
+    )

@@ -20,13 +20,12 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
+from helpers import run_context
 
 from image3_dask.errors import InputError
 from image3_dask.graph import tweakreg
-from image3_dask.io.asn import resolve_inputs
 from image3_dask.io.exposures import read_exposures
 from image3_dask.io.gaia import field_of_view, parse_gaia_csv
-from image3_dask.pipeline.config import PipelineConfig
 from image3_dask.pipeline.context import RunContext
 from image3_dask.simulate import build_true_wcs
 
@@ -102,10 +101,7 @@ class _Service:
 
 
 def _ctx(client, sim, out, **params) -> RunContext:
-    config = PipelineConfig()
-    config.update({"tweakreg": params})
-    return RunContext(client=client, config=config, asn=resolve_inputs(sim.asn_path),
-                      output_dir=out, work_dir=out / "work", progress=False)
+    return run_context(client, sim.asn_path, out, {"tweakreg": params})
 
 
 def _absolute_residual(sim, wcses, step=8) -> float:

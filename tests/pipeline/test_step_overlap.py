@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from image3_dask.io.asn import resolve_inputs
+from helpers import run_context
+
 from image3_dask.io.exposures import read_exposures
-from image3_dask.pipeline.config import PipelineConfig
-from image3_dask.pipeline.context import RunContext
 from image3_dask.pipeline.image3 import _submit_steps
 
 
@@ -14,15 +13,9 @@ def test_sky_statistics_are_submitted_before_the_client_plans_the_pixel_maps(
 ):
     """After the alignment the workers wait for the client: skymatch's statistics go first,
     then the client plans the output grid and submits the pixel maps."""
-    config = PipelineConfig()
-    config.update({"source_catalog": {"skip": True}, "resample": {"skip": True}})
-    ctx = RunContext(
-        client=client,
-        config=config,
-        asn=resolve_inputs(small_dither.asn_path),
-        output_dir=tmp_path,
-        work_dir=tmp_path / "work",
-        progress=False,
+    skip = {"skip": True}
+    ctx = run_context(
+        client, small_dither.asn_path, tmp_path, {"source_catalog": skip, "resample": skip}
     )
     data = _submit_steps(ctx, read_exposures(small_dither.cal_paths), {})
     assert all(e.background_level is not None for e in data.exposures)
