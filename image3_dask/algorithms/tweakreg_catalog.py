@@ -34,6 +34,7 @@ __all__ = [
     "NON_SCIENCE",
     "coverage_mask_from_dq",
     "filter_catalog_by_bounding_box",
+    "finder_kind",
     "make_tweakreg_catalog",
 ]
 
@@ -86,6 +87,25 @@ def _background(
                 data.shape,
             )
             return Background2D(data, data.shape, exclude_percentile=100.0, **kwargs)
+
+
+def finder_kind(starfinder: str) -> str:
+    """``'dao'``, ``'iraf'`` or ``'segmentation'``: the finder a ``starfinder`` value names.
+
+    Raises
+    ------
+    ValueError
+        If ``starfinder`` is not a known finder.
+    """
+    name = str(starfinder).lower()
+    for kind, names in (
+        ("dao", ("dao", "daostarfinder")),
+        ("iraf", ("iraf", "irafstarfinder")),
+        ("segmentation", ("segmentation", "sourcefinder")),
+    ):
+        if name in names:
+            return kind
+    raise ValueError(f"Unknown starfinder type: {starfinder}")
 
 
 def _select_kwargs(func: type, kwargs: dict) -> dict:
@@ -194,16 +214,7 @@ def make_tweakreg_catalog(
     ValueError
         If ``starfinder`` is not a known finder.
     """
-    name = starfinder.lower()
-    if name in ("dao", "daostarfinder"):
-        finder = "dao"
-    elif name in ("iraf", "irafstarfinder"):
-        finder = "iraf"
-    elif name in ("segmentation", "sourcefinder"):
-        finder = "segmentation"
-    else:
-        raise ValueError(f"Unknown starfinder type: {starfinder}")
-
+    finder = finder_kind(starfinder)
     data = np.asarray(data, dtype=float)
     coverage_mask = None if mask is None else np.asarray(mask, dtype=bool)
 

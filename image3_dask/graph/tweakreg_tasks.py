@@ -136,6 +136,7 @@ def catalog_task(
     from image3_dask.algorithms.tweakreg_catalog import (
         coverage_mask_from_dq,
         filter_catalog_by_bounding_box,
+        finder_kind,
         make_tweakreg_catalog,
     )
 
@@ -143,7 +144,7 @@ def catalog_task(
         cat = read_source_catalog(custom)
     else:
         # ERR only feeds the segmentation finder's photometry
-        segmentation = str(params.get("starfinder", "iraf")).lower() in ("segmentation", "sourcefinder")
+        segmentation = finder_kind(params.get("starfinder", "iraf")) == "segmentation"
         pix = read_pixels(path, ("data", "dq", "err") if segmentation else ("data", "dq"))
         err = pix.err if segmentation else None
         cat = make_tweakreg_catalog(pix.data, coverage_mask_from_dq(pix.dq), err=err, **params)

@@ -142,3 +142,14 @@ def test_parity_with_jwst(field, finder, options, tmp_path):
     np.testing.assert_allclose(
         ours["flux"], np.asarray(getattr(ref["flux"], "value", ref["flux"])), rtol=1e-5
     )
+
+
+def test_finder_kind_names_as_the_official_step():
+    from image3_dask.algorithms.tweakreg_catalog import finder_kind
+
+    assert [finder_kind(n) for n in ("IRAF", "irafstarfinder", "dao", "DAOStarFinder")] == [
+        "iraf", "iraf", "dao", "dao"
+    ]
+    assert finder_kind("SourceFinder") == finder_kind("segmentation") == "segmentation"
+    with pytest.raises(ValueError, match="Unknown starfinder type: sextractor"):
+        finder_kind("sextractor")
