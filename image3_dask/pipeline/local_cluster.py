@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import signal
@@ -73,14 +74,14 @@ def stop_worker_programs(grace: float = STOP_GRACE) -> None:
     """
     groups = [g for g in list(_RUNNING) if _group_alive(g)]
     for g in groups:
-        with _suppress_lookup():
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(g, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while groups and time.monotonic() < deadline:
         time.sleep(0.05)
         groups = [g for g in groups if _group_alive(g)]
     for g in groups:
-        with _suppress_lookup():
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(g, signal.SIGKILL)
     _RUNNING.clear()
 
@@ -169,11 +170,11 @@ class WorkerProcess(_spec_base()):
             self.process = await asyncio.shield(spawn)
         except asyncio.CancelledError:
             proc = await spawn
-            with _suppress_lookup():
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             raise
         if _ABANDONED.is_set():  # interrupted while it was being spawned: the cluster closes
-            with _suppress_lookup():
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             await self.process.wait()
         await super().start()  # the cluster's close then finds it stopped
@@ -192,22 +193,14 @@ class WorkerProcess(_spec_base()):
             except TimeoutError:
                 # e.g. a nanny still connecting to the scheduler that has gone: it would
                 # print its traceback when that times out
-                with _suppress_lookup():
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
         if proc is not None:
-            with _suppress_lookup():
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # a worker the nanny left behind
             _RUNNING.discard(proc.pid)
         await super().close()
-
-
-class _suppress_lookup:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, typ, exc, tb):
-        return typ is not None and issubclass(typ, ProcessLookupError)
 
 
 def _spec_cluster():
