@@ -329,8 +329,8 @@ def _submit_steps(ctx: RunContext, exposures: list, timings: dict) -> StepData:
     A step returns once its tasks are submitted, except where the client needs their results
     to go on (the alignment, the sky levels, the catalog's joins), so the tasks of consecutive
     steps overlap. As soon as the exposures' WCS are final (after tweakreg, and after
-    skymatch's statistics are submitted), the later steps' ``prepare`` starts their pixel maps. ``timings[step]``: from the step's start until its
-    last task ended.
+    skymatch's statistics are submitted), the later steps' ``prepare`` starts their pixel
+    maps. ``timings[step]``: from the step's start until its last task ended.
     """
     data = StepData(list(exposures))
     started: dict[str, float] = {}
