@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from image3_dask.cli.interrupt import InterruptGuard
 from image3_dask.cli.options import setup_logging
 from image3_dask.cli.parser import build_parser, dashed, split_step_overrides
 from image3_dask.cli.run import cmd_demo, cmd_run, cmd_strun
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     try:
-        return COMMANDS[args.command](args)
+        with InterruptGuard():  # a Ctrl-C landing in a gc callback is not lost
+            return COMMANDS[args.command](args)
     except Image3Error as exc:
         print(f"image3-dask: error: {exc}", file=sys.stderr)
         return 2
