@@ -60,6 +60,20 @@ def _agreement_row(r: dict) -> str:
     )
 
 
+def _rounds(r: dict, key: str) -> str:
+    """``; median of 3 rounds: 0.41, 0.43, 0.44`` for a repeated case, else nothing."""
+    rounds = r.get("rounds", ())
+    if len(rounds) < 2:
+        return ""
+    values = ", ".join(f"{q[key]:.2f}" for q in rounds)
+    return f"; median of {len(rounds)} rounds: {values}"
+
+
+def cpu_ratio(r: dict) -> float:
+    """CPU-seconds of ours on 2 workers over jwst's (the median over rounds when repeated)."""
+    return r.get("ratio_cpu_2w", r["ours_2w"]["cpu"] / r["official"]["cpu"])
+
+
 def e2e_sections(results: list[dict]) -> list[str]:
     """The whole-pipeline tables: time and memory, agreement, time per step."""
     lines = [
@@ -82,10 +96,29 @@ def e2e_sections(results: list[dict]) -> list[str]:
         lines.append(
             f"| {r['case']} | {describe(r['spec'])} | {o['wall']:.1f} | {o['cpu']:.0f} "
             f"| {w1['wall']:.1f} | {w2['wall']:.1f} | {w2['cpu']:.0f} | {r['ratio_wall_2w']:.2f} "
-            f"| {w2['cpu'] / o['cpu']:.2f} | {_pct(w2.get('serial_share'))} "
+            f"| {cpu_ratio(r):.2f} | {_pct(w2.get('serial_share'))} "
             f"| {_pct(w2['cpu_client_scheduler'] / w2['cpu'] if 'cpu_client_scheduler' in w2 else None)} "
             f"| {r['parallel_efficiency']:.0%} | {o['peak_mb']:.0f} | {w2['worker_peak_mb']:.0f} |"
         )
+    repeated = [r for r in results if len(r.get("rounds", ())) > 1]
+    if repeated:
+        lines += [
+            "",
+            "Cases run in several rounds (`--repeat`): jwst and ours alternate within each round,",
+            "the ratios above are the medians of the rounds' ratios, and the other columns are",
+            "those of the round with the median wall ratio:",
+            "",
+            "| case | round | jwst wall [s] | ours 2 workers [s] | wall ratio | CPU ratio "
+            "| parallel eff. |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in repeated:
+            for k, q in enumerate(r["rounds"], 1):
+                lines.append(
+                    f"| {r['case']} | {k} | {q['wall_official']:.1f} | {q['wall_2w']:.1f} "
+                    f"| {q['ratio_wall_2w']:.2f} | {q['ratio_cpu_2w']:.2f} "
+                    f"| {q['parallel_efficiency']:.0%} |"
+                )
     lines += [
         "",
         "Agreement of the products with jwst's, and of both catalogs with the truth. On mosaics",
@@ -136,15 +169,17 @@ def targets_section(results: list[dict], large: dict | None) -> list[str]:
             lines.append(
                 f"| whole-pipeline wall time ≤ {limit}x jwst, {describe(r['spec'])} "
                 f"| {r['ratio_wall_2w']:.2f}x ({r['ours_2w']['wall']:.0f} s vs "
-                f"{r['official']['wall']:.0f} s) | {mark(r['ratio_wall_2w'] <= limit)} |"
+                f"{r['official']['wall']:.0f} s{_rounds(r, 'ratio_wall_2w')}) "
+                f"| {mark(r['ratio_wall_2w'] <= limit)} |"
             )
     for case in TARGET_WALL:
         r = by_case.get(case)
         if r and "cpu" in r["official"] and case != "miri_mosaic_64_512px":
-            ratio = r["ours_2w"]["cpu"] / r["official"]["cpu"]
+            ratio = cpu_ratio(r)
             lines.append(
                 f"| CPU-seconds of all processes ≤ {TARGET_CPU}x jwst's, {r['case']} "
-                f"| {ratio:.2f}x ({r['ours_2w']['cpu']:.0f} s vs {r['official']['cpu']:.0f} s) "
+                f"| {ratio:.2f}x ({r['ours_2w']['cpu']:.0f} s vs {r['official']['cpu']:.0f} s"
+                f"{_rounds(r, 'ratio_cpu_2w')}) "
                 f"| {mark(ratio <= TARGET_CPU)} |"
             )
     shares = [r for r in results if "serial_share" in r["ours_2w"]]
