@@ -235,33 +235,6 @@ def test_absolute_align_matches_stcal(dither, tmp_path):
     assert not few.success and few.wcs[0] is noms[0]
 
 
-def test_corrector_copies_fast_and_aligns_exactly_like_tweakwcs_own(dither, monkeypatch):
-    """The pickle-copied corrector changes the speed of alignment, not one bit of it."""
-    import copy
-
-    from tweakwcs.correctors import JWSTWCSCorrector
-
-    import image3_dask.algorithms.align_common as ac
-
-    d = dither
-    gids = [f"g{i}" for i in range(4)]
-    corr = ac.make_corrector(d["nom"][1], d["info"][1], d["cat"][1], "g1", "e1")
-    assert isinstance(corr, ac.Corrector)
-    dup = copy.deepcopy(corr)
-    assert type(dup) is ac.Corrector and dup is not corr and dup.wcs is not corr.wcs
-    dup.set_correction(np.array([[1.0, 1e-4], [-1e-4, 1.0]]), np.array([0.3, -0.2]))
-    x, y = np.array([10.0, 100.0, 190.0]), np.array([20.0, 150.0, 5.0])
-    assert np.array_equal(corr.det_to_world(x, y), d["nom"][1](x, y))  # the original untouched
-    assert not np.array_equal(dup.det_to_world(x, y), d["nom"][1](x, y))
-
-    fast = relative_align(d["cat"], d["nom"], d["info"], gids)
-    monkeypatch.setattr(ac, "Corrector", JWSTWCSCorrector)
-    stock = relative_align(d["cat"], d["nom"], d["info"], gids)
-    assert [f["status"] for f in fast.fit_info] == ["REFERENCE"] + ["SUCCESS"] * 3
-    for wf, ws in zip(fast.wcs[1:], stock.wcs[1:], strict=True):
-        assert np.array_equal(wf(x, y), ws(x, y))
-
-
 def test_parse_refcat_variants():
     from astropy.coordinates import SkyCoord
 
