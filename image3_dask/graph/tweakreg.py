@@ -1,4 +1,4 @@
-"""The tweakreg step as a graph: a source catalog per exposure in parallel, then one alignment task.
+"""The tweakreg step as a graph: a source catalog per exposure in parallel, then the alignment.
 
 1. ``tweakreg-catalog <exposure>`` (one task per exposure): the worker reads the exposure's SCI,
    DQ and ERR arrays itself, finds sources with the official parameters
@@ -13,6 +13,16 @@
    another), then absolute alignment to ``abs_refcat``: a catalog file, or a Gaia release
    (``GAIADR3``...) the client fetched once from the catalog service (:mod:`image3_dask.io.gaia`)
    and saved as ``fit_<name>_ref.ecsv`` next to the products.
+
+   In jwst's mode without ``abs_refcat`` and with ``expand_refcat=False`` (jwst's defaults),
+   each group is matched to the reference group's catalog alone
+   (:mod:`image3_dask.algorithms.align_reference`): ``tweakreg-refcat <product>`` makes that
+   catalog once the reference group's catalogs are found, and the other groups are aligned in
+   batches (``tweakreg-align <product> k/n``, about two per worker thread), each starting as
+   soon as its own catalogs are found, beside the catalog tasks still running. The fits are
+   those of one alignment of all groups (tested bit for bit). Should a batch meet a case where
+   that does not hold (the reference group without sources, a skipped alignment), the one
+   task aligns all groups instead.
 3. On the client: each exposure whose fit succeeded gets its corrected gwcs and the
    ``s_region`` jwst recomputes after tweakreg (``update_s_region_imaging``: footprint of the
    bounding box with ``center=False``); the fit of every exposure is recorded in
@@ -38,11 +48,15 @@ from image3_dask.graph.handoff import StepData
 from image3_dask.graph.plan import total_threads
 from image3_dask.graph.tasks import TaskSpec
 from image3_dask.graph.tweakreg_tasks import (
+    align_batch_task,
     align_task,
     catalog_task,
     correct_task,
     corrected_wcs,
     finder_params,
+    merge_align_batches,
+    refcat_task,
+    reference_batches,
     resolve_align_mode,
     s_region_imaging,
 )
@@ -183,9 +197,9 @@ def run(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
 
 
 def submit(ctx, data: StepData) -> StepData:
-    """The tweakreg step: catalogs in parallel, one alignment task, corrected gwcs per exposure.
+    """The tweakreg step: catalogs in parallel, the alignment, corrected gwcs per exposure.
 
-    The alignment task takes the catalog tasks' results directly; the client waits for the
+    The alignment tasks take the catalog tasks' results directly; the client waits for the
     alignment only (the next steps plan their grids from the corrected WCS).
 
     Parameters
@@ -217,6 +231,62 @@ def _correction_batches(todo: list[int], threads: int, per_thread: int = 2) -> l
     size = -(-len(todo) // max(1, threads * per_thread))
     size = min(8, max(4, size))
     return [todo[k : k + size] for k in range(0, len(todo), size)]
+
+
+def _align_in_batches(
+    ctx, cfg: dict, exposures: list[ExposureInfo], catalogs: list, wcses: list
+) -> dict | None:
+    """jwst's reference-group alignment as batches of groups aligned at the same time.
+
+    ``tweakreg-refcat`` makes the reference catalog as soon as the reference group's catalogs
+    are found; each ``tweakreg-align`` batch (:func:`reference_batches`) starts as soon as that
+    catalog and its own groups' are found, beside the catalog tasks still running. Returns
+    the result of :func:`align_task`, or `None` when a batch could not vouch for its fits
+    being those of one alignment of all groups (:func:`merge_align_batches`).
+    """
+    group_ids = [e.group_id for e in exposures]
+    reference, batches = reference_batches(group_ids, 2 * total_threads(ctx.client))
+    columns = (
+        catalogs,
+        wcses,
+        [e.wcsinfo for e in exposures],
+        group_ids,
+        [e.name for e in exposures],
+    )
+
+    def pick(indices: list[int]) -> tuple:
+        return tuple([values[i] for i in indices] for values in columns)
+
+    ref_args = pick(reference)
+    (refcat,) = ctx.submit(
+        [
+            TaskSpec(
+                "tweakreg-refcat",
+                ctx.product_name,
+                refcat_task,
+                (*ref_args[:3], group_ids[reference[0]], ref_args[4]),
+                priority=1,  # every batch waits for it
+            )
+        ]
+    )
+    futures = ctx.submit(
+        [
+            TaskSpec(
+                "tweakreg-align",
+                f"{ctx.product_name} {k + 1}/{len(batches)}",
+                align_batch_task,
+                pick(batch),
+                {"refcat": refcat, "params": cfg},
+            )
+            for k, batch in enumerate(batches)
+        ]
+    )
+    results = ctx.wait(futures, "tweakreg: catalogs and alignment")
+    ctx.tasks.forget([refcat])
+    merged = merge_align_batches(group_ids, reference, batches, results)
+    if merged is None:
+        log.info("tweakreg: the batches could not be joined exactly; aligning all groups at once")
+    return merged
 
 
 def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
@@ -276,6 +346,7 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
                     ctx.product_name,
                     resolve_align_mode,
                     (cfg["align_mode"], wcses, group_ids),
+                    priority=1,  # before the catalogs still queued: the batches wait for it
                 )
             ]
         )
@@ -292,8 +363,15 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
             "token": ctx.token,
         },
     )
-    (align,) = ctx.submit([spec])
-    (result,) = ctx.wait([align], "tweakreg: catalogs and alignment")
+    result = None
+    if refcat is None and not cfg.get("expand_refcat") and n_groups > 2:
+        if not isinstance(mode, str):  # align_mode=auto: the tweakreg-mode task's future
+            (mode,) = ctx.wait([mode], "tweakreg: alignment mode")
+        if mode == "official":
+            result = _align_in_batches(ctx, cfg, exposures, catalogs, wcses)
+    if result is None:  # one task aligns all groups
+        (align,) = ctx.submit([spec])
+        (result,) = ctx.wait([align], "tweakreg: catalogs and alignment")
     if result.get("corrections"):
         # the corrections are inserted into the WCSs by batches of exposures: one task per
         # exposure left a trail of 40 ms tasks (and their scheduling) between the solve and
@@ -347,6 +425,7 @@ def _align(ctx, exposures: list[ExposureInfo]) -> list[ExposureInfo]:
         **base_report,
         "status": "COMPLETE" if result["success"] else "SKIPPED",
         "mode": result["mode"],
+        "align_tasks": result.get("batches", 1),
         "absolute": result["absolute"],
         "n_sources": {e.name: len(c) for e, c in zip(exposures, catalogs, strict=True)},
         "exposures": {e.name: fi for e, fi in zip(exposures, result["fit_info"], strict=True)},

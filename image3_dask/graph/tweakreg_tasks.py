@@ -20,12 +20,16 @@ log = logging.getLogger("image3_dask")
 
 __all__ = [
     "CATALOG_PARAMS",
+    "align_batch_task",
     "align_task",
     "catalog_task",
     "correct_task",
     "corrected_wcs",
     "finder_params",
+    "merge_align_batches",
     "pair_tasks",
+    "reference_batches",
+    "refcat_task",
     "resolve_align_mode",
     "s_region_imaging",
 ]
@@ -296,6 +300,129 @@ def align_task(
     finally:
         for lg in loggers:
             lg.removeHandler(capture)
+
+
+def reference_batches(group_ids: list[str], n_batches: int) -> tuple[list[int], list[list[int]]]:
+    """Exposures of jwst's reference group, and the other groups cut into batches.
+
+    See :mod:`image3_dask.algorithms.align_reference`: with ``expand_refcat=False`` every
+    group is matched to the first group's catalog alone, so batches of groups can be aligned
+    at the same time.
+
+    Parameters
+    ----------
+    group_ids : list of str
+        Per exposure, in association order.
+    n_batches : int
+        How many batches at most (at least one group each).
+
+    Returns
+    -------
+    reference : list of int
+        Indices of the reference group's exposures (the first group), in association order.
+    batches : list of list of int
+        Indices of the other exposures, whole groups per batch, groups in order of first
+        appearance and exposures in association order within each batch.
+    """
+    order: dict[str, list[int]] = {}
+    for i, g in enumerate(group_ids):
+        order.setdefault(g, []).append(i)
+    groups = list(order.values())
+    reference, others = groups[0], groups[1:]
+    n = max(1, min(n_batches, len(others)))
+    cuts = [round(k * len(others) / n) for k in range(n + 1)]
+    batches = [
+        sorted(i for grp in others[a:b] for i in grp) for a, b in zip(cuts, cuts[1:], strict=False)
+    ]
+    return reference, [b for b in batches if b]
+
+
+def refcat_task(
+    catalogs: list[Table], wcses: list[Any], wcsinfos: list[dict], group_id: str, names: list[str]
+) -> Table | None:
+    """Task: jwst's reference catalog from the reference group (``reference_catalog``)."""
+    from image3_dask.algorithms.align_reference import reference_catalog
+
+    return reference_catalog(catalogs, wcses, wcsinfos, group_id, names)
+
+
+def align_batch_task(
+    catalogs: list[Table],
+    wcses: list[Any],
+    wcsinfos: list[dict],
+    group_ids: list[str],
+    names: list[str],
+    *,
+    refcat: Table | None,
+    params: dict,
+) -> dict:
+    """Task: a batch of groups aligned to jwst's reference catalog (``align_to_reference``).
+
+    Returns
+    -------
+    dict
+        ``exact`` (whether these fits are those of one alignment of all groups), ``wcs``
+        (per exposure of the batch: the corrected gwcs or `None`), ``fit_info`` and
+        ``warnings`` (messages logged).
+    """
+    from image3_dask.algorithms.align_reference import align_to_reference
+
+    capture = _Capture()
+    loggers = [logging.getLogger(n) for n in ("image3_dask", "tweakwcs", "stcal")]
+    for lg in loggers:
+        lg.addHandler(capture)
+    try:
+        res, exact = align_to_reference(
+            catalogs,
+            wcses,
+            wcsinfos,
+            group_ids,
+            refcat,
+            names=names,
+            **{k: params[k] for k in _REL_PARAMS if k not in ("enforce_user_order", "expand_refcat")},
+        )
+    finally:
+        for lg in loggers:
+            lg.removeHandler(capture)
+    return {
+        "exact": exact,
+        "wcs": [
+            w if fi.get("status") == "SUCCESS" else None
+            for w, fi in zip(res.wcs, res.fit_info, strict=True)
+        ],
+        "fit_info": [dict(fi) for fi in res.fit_info],
+        "warnings": capture.messages,
+    }
+
+
+def merge_align_batches(
+    group_ids: list[str], reference: list[int], batches: list[list[int]], results: list[dict]
+) -> dict | None:
+    """The result of :func:`align_task` assembled from the batches' results.
+
+    Returns `None` when a batch was not ``exact`` (the step then aligns all groups in one
+    task). Otherwise the dictionary :func:`align_task` returns in jwst's mode (``official``),
+    with ``batches``: how many tasks aligned the groups.
+    """
+    if not all(r["exact"] for r in results):
+        return None
+    wcs: list[Any] = [None] * len(group_ids)
+    fit_info: list[dict] = [{"status": "REFERENCE", "group_id": g} for g in group_ids]
+    warnings: list[str] = []
+    for batch, r in zip(batches, results, strict=True):
+        for k, i in enumerate(batch):
+            fit_info[i] = r["fit_info"][k]
+            wcs[i] = r["wcs"][k]
+        warnings += r["warnings"]
+    return {
+        "wcs": wcs,
+        "fit_info": fit_info,
+        "mode": "official",
+        "absolute": None,
+        "success": True,
+        "warnings": warnings,
+        "batches": len(batches),
+    }
 
 
 def pair_tasks(token: str):

@@ -222,3 +222,85 @@ def test_correction_batches_cover_every_exposure_once_in_order():
     batches = _correction_batches(todo, 2)
     assert max(map(len, batches)) == 8 and len(batches) == 41
     assert [i for b in batches for i in b] == todo
+
+
+def test_reference_batches_keep_groups_whole_and_in_order():
+    from image3_dask.graph.tweakreg_tasks import reference_batches
+
+    gids = ["a", "b", "a", "c", "b", "d", "e", "c"]
+    assert reference_batches(gids, 2) == ([0, 2], [[1, 3, 4, 7], [5, 6]])
+    assert reference_batches(gids, 10) == ([0, 2], [[1, 4], [3, 7], [5], [6]])
+    assert reference_batches(gids, 1) == ([0, 2], [[1, 3, 4, 5, 6, 7]])
+    ref, batches = reference_batches([f"g{i}" for i in range(16)], 4)
+    assert ref == [0] and [len(b) for b in batches] == [4, 4, 3, 4]
+    assert sorted(i for b in batches for i in b) == list(range(1, 16))
+
+
+def _catalogs(sim, infos):
+    from image3_dask.graph.tweakreg_tasks import catalog_task
+
+    return [catalog_task(e.path, e.name, {}, None) for e in infos]
+
+
+def test_batched_alignment_equals_one_alignment_of_all_groups(dense_dither, dither_run):
+    """The step's batches give jwst's reference-group fits bit for bit."""
+    from image3_dask.graph.tweakreg_tasks import (
+        align_batch_task,
+        align_task,
+        merge_align_batches,
+        reference_batches,
+        refcat_task,
+    )
+
+    infos, out, ctx, _ = dither_run
+    assert ctx.products["tweakreg"]["align_tasks"] == 3  # the step took the batched path
+    cats = _catalogs(dense_dither, infos)
+    args = (cats, [e.wcs for e in infos], [e.wcsinfo for e in infos],
+            [e.group_id for e in infos], [e.name for e in infos])
+    params = dict(ctx.config["tweakreg"])
+    whole = align_task(*args, align_mode="official", params=params)
+    reference, batches = reference_batches(args[3], 2)
+    assert reference == [0] and batches == [[1, 2], [3]]
+    refcat = refcat_task(cats[:1], args[1][:1], args[2][:1], args[3][0], args[4][:1])
+    parts = [
+        align_batch_task(*([v[i] for i in b] for v in args), refcat=refcat, params=params)
+        for b in batches
+    ]
+    merged = merge_align_batches(args[3], reference, batches, parts)
+    assert [fi["status"] for fi in merged["fit_info"]] == ["REFERENCE"] + ["SUCCESS"] * 3
+    assert merged["fit_info"][0] == whole["fit_info"][0]
+    y, x = np.mgrid[0:256:32, 0:256:32].astype(float)
+    for k in range(1, 4):
+        for key in ("matrix", "shift", "rmse", "nmatches"):
+            np.testing.assert_array_equal(merged["fit_info"][k][key], whole["fit_info"][k][key])
+        np.testing.assert_array_equal(merged["wcs"][k](x, y), whole["wcs"][k](x, y))
+        np.testing.assert_array_equal(out[k].wcs(x, y), whole["wcs"][k](x, y))
+    assert merged["wcs"][0] is None and whole["wcs"][0] is None
+
+
+def test_batch_falls_back_where_it_cannot_vouch_for_its_fits(dense_dither, dither_run,
+                                                             monkeypatch):
+    """No reference sources (tweakwcs would take another reference), or a skipped alignment."""
+    from image3_dask.graph.tweakreg_tasks import (
+        align_batch_task,
+        merge_align_batches,
+        refcat_task,
+    )
+
+    infos, _, ctx, _ = dither_run
+    cats = _catalogs(dense_dither, infos)
+    args = (cats, [e.wcs for e in infos], [e.wcsinfo for e in infos],
+            [e.group_id for e in infos], [e.name for e in infos])
+    params = dict(ctx.config["tweakreg"])
+    assert refcat_task([cats[0][:0]], args[1][:1], args[2][:1], args[3][0], args[4][:1]) is None
+    rest = tuple(v[1:] for v in args)
+    part = align_batch_task(*rest, refcat=None, params=params)
+    assert not part["exact"]
+    assert merge_align_batches(args[3], [0], [[1, 2, 3]], [part]) is None
+    refcat = refcat_task(cats[:1], args[1][:1], args[2][:1], args[3][0], args[4][:1])
+    assert align_batch_task(*rest, refcat=refcat, params=params)["exact"]
+    # stcal's check finds a correction too large: jwst then skips the whole alignment
+    from stcal.tweakreg import tweakreg as twk
+
+    monkeypatch.setattr(twk, "_is_wcs_correction_small", lambda *a, **k: False)
+    assert not align_batch_task(*rest, refcat=refcat, params=params)["exact"]
