@@ -248,8 +248,8 @@ def test_batched_alignment_equals_one_alignment_of_all_groups(dense_dither, dith
         align_batch_task,
         align_task,
         merge_align_batches,
-        reference_batches,
         refcat_task,
+        reference_batches,
     )
 
     infos, out, ctx, _ = dither_run
