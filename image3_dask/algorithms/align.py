@@ -34,6 +34,7 @@ from .align_common import (
     AlignResult,
     exposure_names,
     make_corrector,
+    make_correctors,
     unchanged_result,
     wcs_bounding_box,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "wcs_bounding_box",
     "AlignResult",
     "absolute_align",
+    "align_to_catalog",
     "choose_align_mode",
     "global_align",
     "group_overlaps",
@@ -181,10 +183,7 @@ def relative_align(
             "relative",
             "At least two exposure groups are required for relative alignment.",
         )
-    correctors = [
-        make_corrector(w, info, cat, g, n)
-        for cat, w, info, g, n in zip(catalogs, wcses, wcsinfos, group_ids, names, strict=True)
-    ]
+    correctors = make_correctors(catalogs, wcses, wcsinfos, group_ids, names)
     try:
         twk.relative_align(
             correctors,
@@ -326,36 +325,88 @@ def absolute_align(
             f"Not enough sources ({len(ref)}) in the reference catalog for the single-group "
             "alignment step to perform a fit. Skipping alignment to the input reference catalog!",
         )
-    correctors = [
-        make_corrector(w, info, cat, ABS_GROUP_ID, n)
-        for cat, w, info, n in zip(catalogs, wcses, wcsinfos, names, strict=True)
-    ]
-    match = XYXYMatch(
+    correctors = make_correctors(catalogs, wcses, wcsinfos, [ABS_GROUP_ID] * len(wcses), names)
+    error = align_to_catalog(
+        correctors,
+        ref,
         searchrad=abs_searchrad,
         separation=abs_separation,
         use2dhist=abs_use2dhist,
         tolerance=abs_tolerance,
-        xoffset=0.0,
-        yoffset=0.0,
+        minobj=abs_minobj,
+        fitgeometry=abs_fitgeometry,
+        nclip=abs_nclip,
+        sigma=abs_sigma,
+        clip_accum=clip_accum,
+    )
+    if error is not None:
+        return unchanged_result(wcses, gids, "absolute", error)
+    return _collect(correctors, wcses, gids, "absolute")
+
+
+def align_to_catalog(
+    correctors: Sequence[JWSTWCSCorrector],
+    refcat: Table,
+    *,
+    searchrad: float,
+    separation: float,
+    use2dhist: bool,
+    tolerance: float,
+    xoffset: float = 0.0,
+    yoffset: float = 0.0,
+    minobj: int,
+    fitgeometry: str,
+    nclip: int,
+    sigma: float,
+    clip_accum: bool,
+) -> str | None:
+    """Align every group of ``correctors``, in order, to the fixed catalog ``refcat``.
+
+    ``tweakwcs.align_wcs`` with an ``XYXYMatch`` matcher, a reference catalog that is not
+    expanded, and the official fit options: the absolute alignment, and jwst's relative one
+    batch by batch (:mod:`.align_reference`). The correctors are corrected in place.
+
+    Parameters
+    ----------
+    correctors : sequence of tweakwcs.correctors.JWSTWCSCorrector
+        With their catalogs (`make_correctors`).
+    refcat : astropy.table.Table
+        Reference sources with ``RA``/``DEC``.
+    searchrad, separation, use2dhist, tolerance, xoffset, yoffset
+        ``XYXYMatch`` options in arcsec.
+    minobj, fitgeometry, nclip, sigma, clip_accum
+        ``align_wcs`` options (``sigma`` in units of the fit's rmse).
+
+    Returns
+    -------
+    str or None
+        Why the alignment could not be done (tweakwcs's ``ValueError``, e.g. no catalog, or
+        ``RuntimeError``), or `None`.
+    """
+    match = XYXYMatch(
+        searchrad=searchrad,
+        separation=separation,
+        use2dhist=use2dhist,
+        tolerance=tolerance,
+        xoffset=xoffset,
+        yoffset=yoffset,
     )
     try:
         align_wcs(
             correctors,
-            refcat=ref,
+            refcat=refcat,
             enforce_user_order=True,
             expand_refcat=False,
-            minobj=abs_minobj,
+            minobj=minobj,
             match=match,
-            fitgeom=abs_fitgeometry,
-            nclip=abs_nclip,
-            sigma=(abs_sigma, "rmse"),
+            fitgeom=fitgeometry,
+            nclip=nclip,
+            sigma=(sigma, "rmse"),
             clip_accum=clip_accum,
         )
-    except ValueError as e:  # includes tweakwcs NotEnoughCatalogs
-        return unchanged_result(wcses, gids, "absolute", str(e.args[0]))
-    except RuntimeError as e:
-        return unchanged_result(wcses, gids, "absolute", str(e.args[0]))
-    return _collect(correctors, wcses, gids, "absolute")
+    except (ValueError, RuntimeError) as e:  # ValueError includes tweakwcs NotEnoughCatalogs
+        return str(e.args[0])
+    return None
 
 
 def _as_polygon(fp: Any) -> SphericalPolygon:

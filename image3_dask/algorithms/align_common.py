@@ -20,6 +20,7 @@ __all__ = [
     "AlignResult",
     "exposure_names",
     "make_corrector",
+    "make_correctors",
     "rename_xy_columns",
     "unchanged_result",
     "wcs_bounding_box",
@@ -132,6 +133,20 @@ def make_corrector(
         wcsinfo={k: float(wcsinfo[k]) for k in ("v2_ref", "v3_ref", "roll_ref")},
         meta=meta,
     )
+
+
+def make_correctors(
+    catalogs: Sequence[Table | None],
+    wcses: Sequence[Any],
+    wcsinfos: Sequence[Mapping[str, float]],
+    group_ids: Sequence[Hashable],
+    names: Sequence[str],
+) -> list[JWSTWCSCorrector]:
+    """`make_corrector` for each exposure (all sequences in the same order)."""
+    return [
+        make_corrector(w, info, cat, g, n)
+        for cat, w, info, g, n in zip(catalogs, wcses, wcsinfos, group_ids, names, strict=True)
+    ]
 
 
 def wcs_bounding_box(wcs: Any) -> tuple[tuple[float, float], tuple[float, float]] | None:

@@ -25,12 +25,10 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from astropy.table import Table
-from tweakwcs.imalign import align_wcs
-from tweakwcs.matchutils import XYXYMatch
 from tweakwcs.wcsimage import WCSGroupCatalog, WCSImageCatalog
 
-from .align import _collect
-from .align_common import AlignResult, exposure_names, make_corrector
+from .align import _collect, align_to_catalog
+from .align_common import AlignResult, exposure_names, make_correctors
 
 __all__ = ["align_to_reference", "reference_catalog"]
 
@@ -85,10 +83,7 @@ def reference_catalog(
         the group has none (``align_wcs`` would then take another group as the reference).
     """
     names = exposure_names(len(wcses), names)
-    correctors = [
-        make_corrector(w, info, cat, group_id, n)
-        for cat, w, info, n in zip(catalogs, wcses, wcsinfos, names, strict=True)
-    ]
+    correctors = make_correctors(catalogs, wcses, wcsinfos, [group_id] * len(wcses), names)
     images = _image_catalogs(correctors)
     group = WCSGroupCatalog(images, name=f"GROUP ID: {group_id}")
     catalog = group.catalog
@@ -149,32 +144,23 @@ def align_to_reference(
     if refcat is None or separation <= math.sqrt(2.0) * tolerance:
         return _inexact(wcses, group_ids), False
     names = exposure_names(len(wcses), names)
-    correctors = [
-        make_corrector(w, info, cat, g, n)
-        for cat, w, info, g, n in zip(catalogs, wcses, wcsinfos, group_ids, names, strict=True)
-    ]
-    match = XYXYMatch(
+    correctors = make_correctors(catalogs, wcses, wcsinfos, group_ids, names)
+    error = align_to_catalog(
+        correctors,
+        refcat,
         searchrad=searchrad,
         separation=separation,
         use2dhist=use2dhist,
         tolerance=tolerance,
         xoffset=xoffset,
         yoffset=yoffset,
+        minobj=minobj,
+        fitgeometry=fitgeometry,
+        nclip=nclip,
+        sigma=sigma,
+        clip_accum=clip_accum,
     )
-    try:
-        align_wcs(
-            correctors,
-            refcat=refcat,
-            enforce_user_order=True,
-            expand_refcat=False,
-            minobj=minobj,
-            match=match,
-            fitgeom=fitgeometry,
-            nclip=nclip,
-            sigma=(sigma, "rmse"),
-            clip_accum=clip_accum,
-        )
-    except (ValueError, RuntimeError):
+    if error is not None:
         return _inexact(wcses, group_ids), False
     # stcal's check that no correction is implausibly large (it skips the whole alignment)
     with warnings.catch_warnings(record=True):
