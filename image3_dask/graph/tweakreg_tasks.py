@@ -72,6 +72,9 @@ _REL_PARAMS = (
     "nclip",
     "sigma",
 )
+#: The relative parameters of a batch aligned to the fixed reference catalog (whose order and
+#: expansion are those of ``expand_refcat=False``).
+_BATCH_PARAMS = tuple(k for k in _REL_PARAMS if k not in ("enforce_user_order", "expand_refcat"))
 _GLOBAL_PARAMS = (
     "searchrad",
     "separation",
@@ -161,7 +164,22 @@ def catalog_task(
 
 
 class _Capture(logging.Handler):
-    """Collects warnings logged while a task runs, to show them on the client."""
+    """Collects warnings logged while a task runs, to show them on the client.
+
+    A context manager: within it, the handler listens to image3_dask's, tweakwcs's and
+    stcal's loggers.
+    """
+
+    LOGGERS = ("image3_dask", "tweakwcs", "stcal")
+
+    def __enter__(self) -> _Capture:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeHandler(self)
 
     def __init__(self):
         super().__init__(logging.WARNING)
@@ -218,11 +236,7 @@ def align_task(
         relative_align,
     )
 
-    capture = _Capture()
-    loggers = [logging.getLogger(n) for n in ("image3_dask", "tweakwcs", "stcal")]
-    for lg in loggers:
-        lg.addHandler(capture)
-    try:
+    with _Capture() as capture:
         n_groups = len(set(group_ids))
         current = list(wcses)
         fit_info: list[dict] = [{"status": "FAILED: not aligned", "group_id": g} for g in group_ids]
@@ -297,9 +311,6 @@ def align_task(
         if deferred and success:
             out.update(corrections=deferred, tangent_plane=res.extra["tangent_plane"])
         return out
-    finally:
-        for lg in loggers:
-            lg.removeHandler(capture)
 
 
 def reference_batches(group_ids: list[str], n_batches: int) -> tuple[list[int], list[list[int]]]:
@@ -367,11 +378,7 @@ def align_batch_task(
     """
     from image3_dask.algorithms.align_reference import align_to_reference
 
-    capture = _Capture()
-    loggers = [logging.getLogger(n) for n in ("image3_dask", "tweakwcs", "stcal")]
-    for lg in loggers:
-        lg.addHandler(capture)
-    try:
+    with _Capture() as capture:
         res, exact = align_to_reference(
             catalogs,
             wcses,
@@ -379,11 +386,8 @@ def align_batch_task(
             group_ids,
             refcat,
             names=names,
-            **{k: params[k] for k in _REL_PARAMS if k not in ("enforce_user_order", "expand_refcat")},
+            **{k: params[k] for k in _BATCH_PARAMS},
         )
-    finally:
-        for lg in loggers:
-            lg.removeHandler(capture)
     return {
         "exact": exact,
         "wcs": [
