@@ -20,6 +20,7 @@ from scipy.special import erf
 from image3_dask.algorithms.catalog import (
     CatalogParams,
     GaussianPSF,
+    SeparableZoomInterpolator,
     abvega_offset_from_table,
     apcorr_table_from_psf,
     aperture_params_from_table,
@@ -42,6 +43,7 @@ from image3_dask.algorithms.catalog import (
     mesh_statistics,
     segmentation_tile,
     to_jy,
+    use_separable_zoom,
 )
 
 PIXAREA = 1.0e-13  # sr
@@ -434,3 +436,46 @@ def test_parity_with_jwst_source_catalog_step(scene, tmp_path, monkeypatch, dete
     print(f"\n{detection}: {len(ref)} sources;", {k: f"{v:.2g}" for k, v in worst.items() if v})
     assert len(ref) > (50 if detection == "tuned" else 30)
     assert os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] == "True"
+
+
+@pytest.mark.parametrize(
+    ("mesh_shape", "box", "shape"),
+    [
+        ((3, 3), (400, 400), (1032, 1024)),
+        ((5, 7), (32, 20), (150, 131)),
+        ((1, 4), (50, 50), (50, 200)),
+    ],
+)
+def test_separable_zoom_equals_photutils_interpolator(mesh_shape, box, shape):
+    from photutils.background.interpolators import _BkgZoomInterpolator
+
+    rng = np.random.default_rng(sum(shape))
+    mesh = rng.normal(5.0, 2.0, mesh_shape)
+    kw = {"shape": shape, "dtype": np.float64, "box_size": np.array(box)}
+    ref = _BkgZoomInterpolator()(mesh, **kw)
+    got = SeparableZoomInterpolator()(mesh, **kw)
+    assert got.shape == ref.shape == shape and got.dtype == ref.dtype
+    np.testing.assert_allclose(got, ref, rtol=1e-13, atol=0)
+    assert (got >= mesh.min()).all() and (got <= mesh.max()).all()  # clipped as photutils
+    flat = SeparableZoomInterpolator()(np.full(mesh_shape, 2.5), **kw)
+    assert flat.shape == shape and (flat == 2.5).all()
+    nan_mesh = mesh.copy()
+    nan_mesh[0, 0] = np.nan  # left to scipy: the same NaN footprint as photutils'
+    np.testing.assert_array_equal(
+        np.isnan(SeparableZoomInterpolator()(nan_mesh, **kw)),
+        np.isnan(_BkgZoomInterpolator()(nan_mesh, **kw)),
+    )
+
+
+def test_background2d_with_separable_zoom():
+    rng = np.random.default_rng(4)
+    data = rng.normal(1, 0.1, (300, 260)) + np.linspace(0, 1, 260)[None, :]
+    mask = np.zeros(data.shape, bool)
+    mask[:40, :50] = True
+    ref = Background2D(data, 64, filter_size=(3, 3), coverage_mask=mask)
+    fast = Background2D(data, 64, filter_size=(3, 3), coverage_mask=mask)
+    assert use_separable_zoom(fast)
+    assert not use_separable_zoom(fast)  # already replaced: left as it is
+    np.testing.assert_allclose(fast.background, ref.background, rtol=1e-13)
+    np.testing.assert_allclose(fast.background_rms, ref.background_rms, rtol=1e-13)
+    assert (fast.background[mask] == 0).all()  # the coverage mask's fill value, as photutils

@@ -8,11 +8,13 @@ Pure functions on numpy arrays, astropy tables and WCS objects.  Single frame:
 
 from .background import (
     BackgroundMesh,
+    SeparableZoomInterpolator,
     background_from_mesh,
     effective_box_size,
     estimate_background,
     finalize_mesh,
     mesh_statistics,
+    use_separable_zoom,
 )
 from .frame import make_source_catalog
 from .measure import catalog_colnames, finalize_catalog, measure_sources, measurement_margin
@@ -47,6 +49,7 @@ __all__ = [
     "GaussianPSF",
     "GroupResult",
     "IdMap",
+    "SeparableZoomInterpolator",
     "TileDetection",
     "abvega_offset_from_table",
     "aperture_params_from_table",
@@ -71,4 +74,5 @@ __all__ = [
     "mesh_statistics",
     "segmentation_tile",
     "to_jy",
+    "use_separable_zoom",
 ]
