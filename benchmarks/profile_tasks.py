@@ -29,6 +29,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--memory-limit", default="1GB")
     p.add_argument("--steps", nargs="*", default=[], help="extra step.name=value parameters")
+    p.add_argument(
+        "--stream", metavar="JSON", help="also save every task's name, worker and compute span"
+    )
     args = p.parse_args()
     spec = dict(CASES[args.case])
     spec.pop("refcat", None)
@@ -67,6 +70,16 @@ def main() -> None:
                 asn, output_dir=out, steps=steps, client=client, progress=False
             )
             t1 = time.time()
+    if args.stream:
+        rows = [
+            {"key": str(rec["key"]), "worker": rec.get("worker"),
+             "start": s["start"] - t_start, "stop": s["stop"] - t_start}
+            for rec in ts.data
+            for s in rec.get("startstops", [])
+            if s.get("action") == "compute"
+        ]
+        with open(args.stream, "w") as f:
+            json.dump({"t0": t0 - t_start, "t1": t1 - t_start, "tasks": rows}, f, indent=0)
     per: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for rec in ts.data:
         prefix = task_kind(rec["key"])
