@@ -16,12 +16,11 @@ the catalog code runs, when photutils has the function this was written against.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import threading
-from collections.abc import Iterator
 
 import numpy as np
+
+from image3_dask.patches import ScopedPatch
 
 __all__ = ["fast_ring_verification", "verify_ring_candidates"]
 
@@ -77,50 +76,26 @@ def verify_ring_candidates(
     peak_mask[ys[hit], xs[hit]] = True
 
 
-_lock = threading.Lock()
-_active = 0
-_original = None
-
-
-def _compatible(module) -> bool:
-    fn = getattr(module, "_verify_ring_candidates", None)
-    if fn is None or not callable(fn):
-        return False
+def _compatible(original) -> bool:
     try:
-        return tuple(inspect.signature(fn).parameters) == _PARAMS
+        return tuple(inspect.signature(original).parameters) == _PARAMS
     except (TypeError, ValueError):
         return False
 
 
-@contextlib.contextmanager
-def fast_ring_verification() -> Iterator[bool]:
-    """Within this context, photutils' ring-candidate check is :func:`verify_ring_candidates`.
+_PATCH = ScopedPatch(
+    "photutils.detection.peakfinder",
+    "_verify_ring_candidates",
+    make=lambda original: verify_ring_candidates,
+    compatible=_compatible,
+)
 
-    Re-entrant and thread-safe: the original is put back when the last context exits. Does
-    nothing (yields `False`) when photutils lacks the helper with the expected signature.
+
+def fast_ring_verification() -> ScopedPatch:
+    """Context manager: photutils' ring-candidate check is :func:`verify_ring_candidates` within.
+
+    Re-entrant and thread-safe (see :class:`image3_dask.patches.ScopedPatch`); yields whether
+    the function was replaced (not when photutils lacks the helper with the expected
+    signature).
     """
-    global _active, _original
-    try:
-        from photutils.detection import peakfinder
-    except ImportError:  # pragma: no cover - photutils is a dependency
-        yield False
-        return
-    with _lock:
-        if _active == 0:
-            if not _compatible(peakfinder):
-                yield_value = False
-            else:
-                _original = peakfinder._verify_ring_candidates
-                peakfinder._verify_ring_candidates = verify_ring_candidates
-                yield_value = True
-        else:
-            yield_value = _original is not None
-        _active += 1
-    try:
-        yield yield_value
-    finally:
-        with _lock:
-            _active -= 1
-            if _active == 0 and _original is not None:
-                peakfinder._verify_ring_candidates = _original
-                _original = None
+    return _PATCH

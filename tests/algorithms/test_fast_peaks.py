@@ -100,3 +100,29 @@ def test_a_photutils_with_another_helper_is_left_alone(monkeypatch):
         assert not installed
         assert peakfinder._verify_ring_candidates is other
     assert peakfinder._verify_ring_candidates is other
+
+
+def test_scoped_patch_restores_after_an_error_and_survives_a_failing_factory():
+    import types
+
+    from image3_dask.patches import ScopedPatch
+
+    mod = types.ModuleType("scoped_patch_target")
+    mod.f = lambda: "original"
+    import sys
+
+    sys.modules[mod.__name__] = mod
+    try:
+        patch = ScopedPatch(mod.__name__, "f", lambda orig: lambda: "fast", callable)
+        with pytest.raises(RuntimeError), patch as installed:
+            assert installed and mod.f() == "fast"
+            raise RuntimeError
+        assert mod.f() == "original"
+
+        def broken(orig):
+            raise ValueError("cannot build")
+
+        with ScopedPatch(mod.__name__, "f", broken, callable) as installed:
+            assert not installed and mod.f() == "original"
+    finally:
+        del sys.modules[mod.__name__]
