@@ -45,6 +45,8 @@ from image3_dask.algorithms.catalog import (
     group_window,
     join_tile_labels,
     measurement_margin,
+    segment_weights,
+    split_group,
 )
 from image3_dask.algorithms.tiles import Tile, plan_tiles
 from image3_dask.errors import InputError, StepNotAvailableError
@@ -323,7 +325,10 @@ def _run_tiled(
         return QTable(), tshape
     # 4. measure per group
     margin = measurement_margin(params.kernel_fwhm, refdata.aperture_params)
-    groups = _groups(parents, tiles, tshape, ntx)
+    groups = _groups(
+        parents, tiles, tshape, ntx, MEASURE_TASKS_PER_THREAD * total_threads(ctx.client)
+    )
+    log.info("source_catalog: %d measure tasks", len(groups))
     tasks = []
     for name, rows in groups:
         win = group_window(rows, margin, shape)
@@ -372,20 +377,38 @@ def _overlaps(patch, tile: Tile) -> bool:
     return py0 < tile.y1 and py0 + ny > tile.y0 and px0 < tile.x1 and px0 + nx > tile.x0
 
 
+#: Measurement tasks wanted per worker thread. A tile's segments are cut into pieces of about
+#: equal weight (:func:`split_group`) when the tiles alone give fewer, so that the last
+#: tile's measurement does not run alone (1.4 s of the 16-exposure MIRI dither's 4 tiles).
+MEASURE_TASKS_PER_THREAD = 4
+
+
 def _groups(
-    parents: QTable, tiles: list[Tile], tshape: tuple[int, int], ntx: int
+    parents: QTable, tiles: list[Tile], tshape: tuple[int, int], ntx: int, want: int = 1
 ) -> list[tuple[str, QTable]]:
-    """Segments by the tile of their first pixel; a segment larger than a tile on its own."""
+    """Segments by the tile of their first pixel; a segment larger than a tile on its own.
+
+    A tile's segments are cut into consecutive pieces of about ``1 / want`` of the total
+    weight (:func:`segment_weights`), so that there are about ``want`` groups.
+    """
     ty, tx = tshape
     owner = np.asarray(parents["seed_y"] // ty * ntx + parents["seed_x"] // tx)
     span_y = np.asarray(parents["bbox_ymax"] - parents["bbox_ymin"] + 1)
     span_x = np.asarray(parents["bbox_xmax"] - parents["bbox_xmin"] + 1)
     big = (span_y > ty) | (span_x > tx)
+    weight = segment_weights(parents)
+    share = weight[~big].sum() / max(1, want)
     out = []
     for k in np.unique(owner):
         sel = (owner == k) & ~big
         if sel.any():
-            out.append((tiles[k].name, parents[sel]))
+            rows = parents[sel]
+            pieces = split_group(rows, round(weight[sel].sum() / share) if share > 0 else 1)
+            for j, piece in enumerate(pieces):
+                name = (
+                    tiles[k].name if len(pieces) == 1 else f"{tiles[k].name} {j + 1}/{len(pieces)}"
+                )
+                out.append((name, piece))
         for i in np.flatnonzero((owner == k) & big):
             out.append((f"{tiles[k].name}-s{int(parents['parent_id'][i])}", parents[i : i + 1]))
     return out

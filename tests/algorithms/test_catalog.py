@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from astropy.coordinates import ICRS
 from astropy.modeling import models
-from astropy.table import Table
+from astropy.table import QTable, Table
 from gwcs import WCS
 from gwcs import coordinate_frames as cf
 from helpers import compare_catalogs
@@ -41,7 +41,9 @@ from image3_dask.algorithms.catalog import (
     measure_group,
     measurement_margin,
     mesh_statistics,
+    segment_weights,
     segmentation_tile,
+    split_group,
     to_jy,
     use_separable_zoom,
 )
@@ -479,3 +481,34 @@ def test_background2d_with_separable_zoom():
     np.testing.assert_allclose(fast.background, ref.background, rtol=1e-13)
     np.testing.assert_allclose(fast.background_rms, ref.background_rms, rtol=1e-13)
     assert (fast.background[mask] == 0).all()  # the coverage mask's fill value, as photutils
+
+
+def test_split_group_consecutive_balanced_pieces():
+    rng = np.random.default_rng(2)
+    n = 40
+    y0 = np.sort(rng.integers(0, 500, n))
+    size = rng.integers(3, 30, n)
+    size[7] = 200  # one heavy segment
+    rows = QTable(
+        {
+            "parent_id": np.arange(1, n + 1),
+            "bbox_ymin": y0,
+            "bbox_ymax": y0 + size - 1,
+            "bbox_xmin": np.zeros(n, int),
+            "bbox_xmax": size - 1,
+        }
+    )
+    weights = segment_weights(rows)
+    np.testing.assert_array_equal(weights, size.astype(float) ** 2)
+    for parts in (1, 2, 3, 5, 40, 99):
+        pieces = split_group(rows, parts)
+        assert len(pieces) == min(parts, n)
+        assert all(len(p) for p in pieces)
+        ids = np.concatenate([np.asarray(p["parent_id"]) for p in pieces])
+        np.testing.assert_array_equal(ids, rows["parent_id"])  # every row once, in order
+    pieces = split_group(rows, 4)
+    assert len(pieces) == 4
+    load = [segment_weights(p).sum() for p in pieces]
+    # no piece heavier than a quarter plus the heaviest single segment
+    assert max(load) <= weights.sum() / 4 + weights.max()
+    assert list(pieces[1]["parent_id"]) == [8]  # the heavy segment is a piece of its own

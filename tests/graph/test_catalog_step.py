@@ -151,17 +151,20 @@ def runs(field, client, tmp_path_factory):
         },
     )
     _copy_mosaic(root / "single", root / "tiled")
-    out["tiled"] = Image3Pipeline.call(
-        field.asn_path,
-        output_dir=root / "tiled",
-        client=client,
-        progress=False,
-        steps={
-            **SKIP,
-            "resample": {"skip": True},
-            "source_catalog": {**refs, **TUNED, "tiled": "always"},
-        },
-    )
+    with pytest.MonkeyPatch.context() as mp:
+        # the tiles' segments measured in several pieces each (test_measure_groups)
+        mp.setattr("image3_dask.graph.catalog.MEASURE_TASKS_PER_THREAD", 16)
+        out["tiled"] = Image3Pipeline.call(
+            field.asn_path,
+            output_dir=root / "tiled",
+            client=client,
+            progress=False,
+            steps={
+                **SKIP,
+                "resample": {"skip": True},
+                "source_catalog": {**refs, **TUNED, "tiled": "always"},
+            },
+        )
     # jwst's default detection parameters, the catalog step alone on the same i2d
     _copy_mosaic(root / "single", root / "default")
     out["default"] = Image3Pipeline.call(
@@ -417,6 +420,39 @@ def test_bad_override_fails_the_pipeline_with_the_file_name(runs, field, client,
             },
         )
     assert not (tmp_path / "miri_dither_cat.ecsv").exists()
+
+
+def test_measure_groups():
+    """Segments grouped by the tile of their first pixel, cut into about ``want`` pieces;
+    a segment larger than a tile on its own."""
+    from image3_dask.algorithms.tiles import plan_tiles
+    from image3_dask.graph.catalog import _groups
+
+    tiles = plan_tiles((100, 100), (50, 50))
+    n = 30
+    y = np.r_[np.arange(0, 45, 3), np.arange(0, 45, 3)][:n]
+    x = np.r_[np.full(15, 5), np.full(15, 60)][:n]
+    size = np.full(n, 4)
+    size[0] = 60  # larger than a tile
+    parents = QTable(
+        {
+            "parent_id": np.arange(1, n + 1),
+            "seed_y": y,
+            "seed_x": x,
+            "bbox_ymin": y,
+            "bbox_ymax": y + size - 1,
+            "bbox_xmin": x,
+            "bbox_xmax": x + 3,
+        }
+    )
+    one = _groups(parents, tiles, (50, 50), 2)
+    assert [name for name, _ in one] == ["r000c000", "r000c000-s1", "r000c001"]
+    many = _groups(parents, tiles, (50, 50), 2, want=6)
+    names = [name for name, _ in many]
+    assert len(set(names)) == len(names) == 7  # 3 + 3 pieces, and the big segment
+    assert names[0] == "r000c000 1/3" and "r000c000-s1" in names
+    ids = sorted(int(i) for _, rows in many for i in rows["parent_id"])
+    assert ids == list(range(1, n + 1))
 
 
 def test_mode_and_tile_choice():

@@ -38,7 +38,9 @@ from .tiled import (
     group_window,
     join_tile_labels,
     measure_group,
+    segment_weights,
     segmentation_tile,
+    split_group,
     to_jy,
 )
 
@@ -72,7 +74,9 @@ __all__ = [
     "measure_sources",
     "measurement_margin",
     "mesh_statistics",
+    "segment_weights",
     "segmentation_tile",
+    "split_group",
     "to_jy",
     "use_separable_zoom",
 ]

@@ -73,7 +73,9 @@ __all__ = [
     "group_window",
     "join_tile_labels",
     "measure_group",
+    "segment_weights",
     "segmentation_tile",
+    "split_group",
     "to_jy",
 ]
 
@@ -405,6 +407,44 @@ def group_window(parents: QTable, margin: int, shape: tuple[int, int]) -> tuple[
     x0 = max(int(np.min(parents["bbox_xmin"])) - margin, 0)
     x1 = min(int(np.max(parents["bbox_xmax"])) + 1 + margin, shape[1])
     return slice(y0, y1), slice(x0, x1)
+
+
+def segment_weights(parents: QTable) -> np.ndarray:
+    """Bounding-box area of each segment: what its deblending and photometry cost grows with."""
+    span_y = np.asarray(parents["bbox_ymax"] - parents["bbox_ymin"] + 1, dtype=float)
+    span_x = np.asarray(parents["bbox_xmax"] - parents["bbox_xmin"] + 1, dtype=float)
+    return span_y * span_x
+
+
+def split_group(parents: QTable, parts: int) -> list[QTable]:
+    """A group of segments cut into ``parts`` consecutive pieces of about equal weight.
+
+    The rows keep their order (raster order of the segments in a tile, so each piece is a
+    compact band with a small window); each piece has at least one row. The measurements of
+    a segment do not depend on the group it is measured in.
+
+    Parameters
+    ----------
+    parents : astropy.table.QTable
+        Rows of the :func:`join_tile_labels` table.
+    parts : int
+        Pieces wanted; exactly that many are returned (at most one per row).
+
+    Returns
+    -------
+    list of astropy.table.QTable
+    """
+    n = len(parents)
+    parts = max(1, min(int(parts), n))
+    if parts == 1:
+        return [parents]
+    cum = np.cumsum(segment_weights(parents))
+    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, parts) / parts, side="right").tolist()
+    # strictly increasing, leaving at least one row to each piece
+    for j in range(parts - 1):
+        cuts[j] = min(max(cuts[j], cuts[j - 1] + 1 if j else 1), n - (parts - 1 - j))
+    bounds = [0, *cuts, n]
+    return [parents[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 @dataclass
