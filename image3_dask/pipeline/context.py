@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from image3_dask.graph.tasks import TaskLedger, TaskSpec, hold
+from image3_dask.graph.tasks import TaskLedger, TaskSpec, pickled, unpickle
 from image3_dask.io.asn import Association
 from image3_dask.pipeline.config import PipelineConfig
 
@@ -92,11 +92,12 @@ class RunContext:
         todo = {id(w): w for w in wcses if id(w) not in self._wcs_refs}
         if todo:
             # a task holding the object, not scattered data: if the worker holding it dies,
-            # the scheduler recomputes it (scattered data would be lost with the worker)
+            # the scheduler recomputes it (scattered data would be lost with the worker);
+            # sent pickled in one piece (see graph.tasks.pickled)
             first = len(self._wcs_refs)
             futures = self.submit(
                 [
-                    TaskSpec("wcs", f"{first + k:05d}", hold, (w,))
+                    TaskSpec("wcs", f"{first + k:05d}", unpickle, (pickled(w),))
                     for k, w in enumerate(todo.values())
                 ]
             )
