@@ -213,23 +213,24 @@ def _submit(client, tasks: Sequence[TaskSpec], token: str, retries: int = 1) -> 
     list of distributed.Future
         One per task.
     """
-    futures = []
-    for t in tasks:
+    from dask import delayed
+
+    by_priority: dict[int, list[tuple[int, Any]]] = {}
+    for i, t in enumerate(tasks):
         key = (t.action, t.name, token)
         func, args = (
             (_call_after, (t.func, list(t.after), *t.args)) if t.after else (t.func, t.args)
         )
-        futures.append(
-            client.submit(
-                func,
-                *args,
-                key=key,
-                pure=False,
-                retries=retries,
-                priority=t.priority,
-                **(t.kwargs or {}),
-            )
+        call = delayed(func, pure=False)(*args, dask_key_name=key, **(t.kwargs or {}))
+        by_priority.setdefault(t.priority, []).append((i, call))
+    # one graph per priority: a message to the scheduler for all the tasks, not one per task
+    futures: list = [None] * len(tasks)
+    for priority, calls in by_priority.items():
+        done = client.compute(
+            [c for _, c in calls], optimize_graph=False, retries=retries, priority=priority
         )
+        for (i, _), f in zip(calls, done, strict=True):
+            futures[i] = f
     return futures
 
 
