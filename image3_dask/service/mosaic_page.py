@@ -35,6 +35,7 @@ import functools
 import importlib.resources
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -79,6 +80,20 @@ _STAGE_PREFIX = {
     "resample": "resample-",
     "source_catalog": "catalog-",
 }
+
+
+_PART_OF = re.compile(r"(\S+?)(?:-s\d+)?(?:\s.*)?$")
+
+
+def subject(name: str) -> str:
+    """The tile or exposure a task works on, from its name.
+
+    A task name is the tile's or exposure's name, or that name followed by its piece
+    (``r000c000 2/7``, ``jw..._mirimage overlaps 1/3``) or by the segment it measures alone
+    (``r000c000-s12``).
+    """
+    m = _PART_OF.match(name)
+    return m.group(1) if m else name
 
 
 def scheduler_state(state: str | None) -> str:
@@ -325,7 +340,7 @@ class MosaicMonitor(RunWatcher):
         with self._lock:
             by_name: dict[str, list[tuple[str, str]]] = {}
             for k in self._tasks:
-                by_name.setdefault(k[1], []).append(k)
+                by_name.setdefault(subject(k[1]), []).append(k)
             counts = {a: dict.fromkeys(STATES[1:], 0) for a in self._actions}
             for k in self._tasks:
                 counts[k[0]][self._state_of(k)] += 1

@@ -20,6 +20,7 @@ from image3_dask.service.mosaic_page import (
     MosaicPage,
     footprint_polygon,
     scheduler_state,
+    subject,
 )
 
 ONLY_RESAMPLE = {
@@ -154,6 +155,19 @@ def test_monitor_json(tiny_plan):
     assert len(cat["footprints"]) == len(exposures)
     assert cat["tiles"][0]["state"] == "cancelled" and cat["tiles"][1]["state"] == "idle"
     assert s["layouts"][1]["tiles"][0]["state"] == "done"
+    # pieces of a tile's or an exposure's work are that tile's or exposure's
+    mon.task_event(("catalog-measure", f"{names[1]} 2/7", tok), "waiting")
+    mon.task_event(("catalog-measure", f"{names[1]}-s12", tok), "waiting")
+    mon.set_running([("catalog-measure", f"{names[1]} 2/7", tok)])
+    mon.task_event(("skymatch-stats", f"{exposures[-1].name} overlaps 1/3", tok), "done")
+    s = mon.state()
+    tile = s["layouts"][-1]["tiles"][1]
+    assert (tile["action"], tile["state"]) in (
+        ("catalog-measure", "running"),
+        ("catalog-measure", "waiting"),
+    )
+    fp = {f["name"]: f for f in s["layouts"][-1]["footprints"]}[exposures[-1].name]
+    assert (fp["action"], fp["state"]) == ("skymatch-stats", "done")
 
     mon.finish("failed", "boom")
     s = mon.state()
@@ -446,3 +460,18 @@ def test_page_in_headless_chromium(tiny, tmp_path, monkeypatch, caplog):
     assert Path(out["products"]["i2d"]).exists()
     for png in (mid, end):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("r000c001", "r000c001"),
+        ("r000c001 2/7", "r000c001"),
+        ("r002c003-s15", "r002c003"),
+        ("jw01234001001_02101_00001_mirimage overlaps 1/3", "jw01234001001_02101_00001_mirimage"),
+        ("jw01234001001_02101_00001_mirimage", "jw01234001001_02101_00001_mirimage"),
+        ("miri_dither 3/8", "miri_dither"),
+    ],
+)
+def test_subject_of_a_task_name(name, expected):
+    assert subject(name) == expected
