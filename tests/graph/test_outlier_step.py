@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_context
 
 from image3_dask.io.asn import load_association
 from image3_dask.io.exposures import read_exposures
-from image3_dask.pipeline.config import PipelineConfig
 from image3_dask.pipeline.context import RunContext
 from image3_dask.pipeline.image3 import Image3Pipeline
 
@@ -76,15 +76,7 @@ def runs(sky_dither, client, tmp_path_factory):
 
 
 def _ctx(client, asn_path, out: Path, **outlier) -> RunContext:
-    cfg = PipelineConfig({**SKIP, "outlier_detection": outlier})
-    return RunContext(
-        client=client,
-        config=cfg,
-        asn=load_association(asn_path),
-        output_dir=out,
-        work_dir=out / "work",
-        progress=False,
-    )
+    return run_context(client, asn_path, out, {**SKIP, "outlier_detection": outlier})
 
 
 def _cr_stats(truth, exposures, dqs, nsigma=5.0, min_cover=3):
