@@ -143,8 +143,8 @@ def pickled(obj: Any) -> bytes:
     """``obj`` pickled in one piece, for :func:`unpickle` (cloudpickle when pickle cannot).
 
     Dask pickles task arguments with their numpy arrays out of band, one message frame per
-    array: a gwcs has about 180 of them, and 16 WCSs sent as task arguments took 0.3 s of the
-    client and 0.4 s before the tasks were done, against 0.1 s in one piece each.
+    array: a gwcs has about 180 of them. 16 tasks holding a gwcs, sent as one graph, took
+    0.37-0.45 s until done with the objects as arguments, 0.10-0.24 s with them in one piece.
     """
     import pickle
 
