@@ -247,23 +247,32 @@ class SeparableZoomInterpolator:
     spline evaluation: about 0.3 s per MIRI exposure, twice per tweakreg catalog (background
     and RMS), a third of the catalog's time. This evaluates the same bicubic grid-mode zoom
     as :func:`background_from_mesh` does (``Wy @ mesh @ Wx.T``) in about 10 ms; the result
-    equals photutils' to rounding (about 1e-15 relative). A mesh with a non-finite value
-    (which a product would spread over the whole image) is left to ``scipy.ndimage.zoom``.
+    equals photutils' to rounding (about 1e-15 relative). A flat mesh, or one with a
+    non-finite value (which a product would spread over the whole image), is left to
+    photutils' own interpolator.
+
+    Parameters
+    ----------
+    fallback : callable, optional
+        photutils' interpolator, for the meshes above (default: a new one, photutils'
+        defaults).
     """
+
+    def __init__(self, fallback=None) -> None:
+        if fallback is None:
+            from photutils.background.interpolators import _BkgZoomInterpolator
+
+            fallback = _BkgZoomInterpolator()
+        self.fallback = fallback
 
     def __call__(self, data, **kwargs) -> np.ndarray:
         """Resize the mesh ``data`` to ``kwargs['shape']``, ``kwargs['box_size']`` per box."""
-        from scipy.ndimage import zoom
-
         mesh = np.asanyarray(data)
         mesh = np.asarray(getattr(mesh, "value", mesh))
+        if mesh.ndim != 2 or np.ptp(mesh) == 0 or not np.isfinite(mesh).all():
+            return self.fallback(data, **kwargs)
         ny, nx = kwargs["shape"]
-        if np.ptp(mesh) == 0:
-            return np.full((ny, nx), np.min(mesh), dtype=kwargs["dtype"])
         box = np.broadcast_to(np.asarray(kwargs["box_size"], dtype=int), (2,))
-        if mesh.ndim != 2 or not np.isfinite(mesh).all():
-            out = zoom(mesh, box, order=3, mode="reflect", grid_mode=True)[:ny, :nx]
-            return np.clip(out, np.min(mesh), np.max(mesh), out=out)
         window = (slice(0, ny), slice(0, nx))
         return _eval_mesh(mesh, (int(box[0]), int(box[1])), window).astype(mesh.dtype, copy=False)
 
@@ -272,7 +281,8 @@ def use_separable_zoom(bkg) -> bool:
     """Give a ``Background2D`` :class:`SeparableZoomInterpolator` if it has photutils' default.
 
     Only photutils' zoom interpolator with its default parameters (bicubic, ``'reflect'``,
-    clipped) is replaced; returns whether it was.
+    clipped) is replaced (and kept for the meshes the product cannot take); returns whether
+    it was.
     """
     current = getattr(bkg, "interpolator", None)
     if type(current).__name__ not in ("_BkgZoomInterpolator", "BkgZoomInterpolator"):
@@ -281,7 +291,7 @@ def use_separable_zoom(bkg) -> bool:
         return False
     if not getattr(current, "clip", False):
         return False
-    bkg.interpolator = SeparableZoomInterpolator()
+    bkg.interpolator = SeparableZoomInterpolator(fallback=current)
     return True
 
 
